@@ -1,0 +1,19 @@
+"""Sunrise evaluation harness: schema v1, scoring, models, cached generation, the gate and reports.
+
+Importing this package is cheap: torch and transformers load only when a model does.
+"""
+
+from harness.checks import CHECKS, Verdict, run_checks
+from harness.errors import AdapterError, HarnessError, InputError, ModelNotFoundError
+from harness.gate import Thresholds, compare
+from harness.generation import Generator, Result
+from harness.models import FakeBackend, Generation, GenerationSettings, HFBackend, ModelSpec
+from harness.schema import RESOURCE_TYPE, SCHEMA, is_valid, schema_errors, validate_text
+from harness.scoring import Aggregate, CaseScore, aggregate, parse_output, score_case
+
+__all__ = [
+    "CHECKS", "RESOURCE_TYPE", "SCHEMA", "AdapterError", "Aggregate", "CaseScore", "FakeBackend", "Generation",
+    "GenerationSettings", "Generator", "HFBackend", "HarnessError", "InputError", "ModelNotFoundError",
+    "ModelSpec", "Result", "Thresholds", "Verdict", "aggregate", "compare", "is_valid", "parse_output",
+    "run_checks", "schema_errors", "score_case", "validate_text",
+]

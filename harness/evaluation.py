@@ -1,0 +1,120 @@
+"""Running scenarios through models: each (model, scenario) is generated once, batched and cached,
+scored once, and every check reads that one outcome."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from harness.checks import Verdict, run_checks
+from harness.errors import HarnessError
+from harness.generation import Generator
+from harness.models import Backend, GenerationSettings
+from harness.scoring import Aggregate, CaseScore, aggregate, score_case
+from scenarios.notes import Case
+
+
+@dataclass(frozen=True)
+class Outcome:
+    case: Case
+    output: str | None
+    error: str | None
+    seconds: float
+    cached: bool
+    stopped: bool
+    score: CaseScore
+    verdicts: dict[str, Verdict]
+
+    @property
+    def passed(self) -> bool:
+        return self.error is None and all(v.ok for v in self.verdicts.values())
+
+    def to_dict(self) -> dict:
+        return {
+            "id": self.case.id, "note": self.case.note, "tags": list(self.case.tags),
+            "expected": self.case.expected, "output": self.output, "error": self.error,
+            "seconds": round(self.seconds, 3), "cached": self.cached, "stopped": self.stopped,
+            "passed": self.passed, "f1": self.score.f1,
+            "checks": {k: {"ok": v.ok, "reason": "" if v.ok else v.reason} for k, v in self.verdicts.items()},
+        }
+
+
+def evaluate_output(case: Case, output: str | None, error: str | None = None, seconds: float = 0.0,
+                    cached: bool = False, stopped: bool = True) -> Outcome:
+    score = score_case(output if output is not None else "", case.expected)
+    return Outcome(case, output, error, seconds, cached, stopped, score, run_checks(score))
+
+
+@dataclass
+class RoleRun:
+    """One model role's results, or why it could not run."""
+
+    identity: dict = field(default_factory=dict)
+    outcomes: dict[str, Outcome] = field(default_factory=dict)
+    extra: list[Outcome] = field(default_factory=list)  # hypothesis-drawn cases, in the order drawn
+    error: str | None = None
+    seconds: float = 0.0
+    generator: Generator | None = None
+
+    def aggregate(self) -> Aggregate:
+        return aggregate([o.score for o in self.outcomes.values()])
+
+
+class Evaluation:
+    """Lazily loads each role's backend and runs all scenarios through it in one batched pass."""
+
+    def __init__(self, scenarios: list[Case], backends: dict[str, Callable[[], Backend]],
+                 settings: GenerationSettings = GenerationSettings(), cache: bool = True,
+                 progress: Callable[[str], None] | None = None):
+        ids = [c.id for c in scenarios]
+        if len(set(ids)) != len(ids):
+            raise ValueError("scenario ids must be unique")
+        self.scenarios, self.factories, self.settings, self.cache = scenarios, backends, settings, cache
+        self.progress = progress or (lambda msg: None)
+        self.runs: dict[str, RoleRun] = {}
+
+    @property
+    def roles(self) -> list[str]:
+        return list(self.factories)
+
+    def run(self, role: str) -> RoleRun:
+        if role in self.runs:
+            return self.runs[role]
+        run = self.runs[role] = RoleRun()
+        t0 = time.perf_counter()
+        try:
+            backend = self.factories[role]()
+            run.identity = dict(backend.identity)
+            run.generator = Generator(backend, self.settings, cache=self.cache)
+            notes = [c.note for c in self.scenarios]
+            done = [0]
+
+            def tick(n):
+                done[0] += n
+                self.progress(f"{role}: {done[0]}/{len(notes)} scenarios generated")
+
+            results = run.generator.run(notes, on_done=tick)
+        except HarnessError as exc:
+            run.error = str(exc)
+            return run
+        for case, res in zip(self.scenarios, results, strict=True):
+            gen = res.generation
+            run.outcomes[case.id] = evaluate_output(
+                case, gen.text if gen else None, res.error, gen.seconds if gen else 0.0,
+                bool(gen and gen.cached), bool(gen and gen.stopped))
+        run.seconds = time.perf_counter() - t0
+        return run
+
+    def evaluate_extra(self, role: str, case: Case) -> Outcome:
+        """One extra case (hypothesis-drawn) through the role's model and cache."""
+        run = self.run(role)
+        if run.error:
+            raise HarnessError(run.error)
+        res = run.generator.run([case.note])[0]
+        gen = res.generation
+        outcome = evaluate_output(case, gen.text if gen else None, res.error, gen.seconds if gen else 0.0,
+                                  bool(gen and gen.cached), bool(gen and gen.stopped))
+        run.extra.append(outcome)
+        return outcome
+

@@ -1,0 +1,382 @@
+"""Model specs and backends: the scripted fake, and Hugging Face causal LMs with optional LoRA adapters.
+
+Heavy libraries (torch, transformers, peft, bitsandbytes) are imported inside the functions that load
+a model, so `import harness` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from harness.embedded import EMBEDDED_NAME, converted_gguf, embedded_gguf
+from harness.errors import AdapterError, InputError, ModelNotFoundError
+from harness.hashing import folder_weights_sha256, sha256_file, sha256_text
+from harness.prompt import render_prompt
+from harness.schema import dumps, empty_summary
+from harness.settings import cache_root
+
+EMBEDDED = "embedded"
+Quantization = Literal["none", "nf4"]
+DType = Literal["float32", "bfloat16", "float16"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What to load: a base model, optional LoRA adapter, and how."""
+
+    base: str = EMBEDDED  # "embedded", a Hugging Face id, a local folder, or a .gguf file
+    adapter: str | None = None  # a peft LoRA folder (safetensors only)
+    quantization: Quantization = "none"  # "nf4": 4-bit NF4 through bitsandbytes
+    dtype: DType = "float32"  # compute dtype; float32 for GPUs without bf16 (GTX 10xx)
+    attn_implementation: str | None = None  # e.g. "eager" for old GPUs, "sdpa"
+    merge_adapter: bool = False  # merge LoRA into the weights in memory (faster; not with nf4)
+    device: str | None = None  # None: cuda if available, else cpu
+
+    def __post_init__(self):
+        if self.quantization not in ("none", "nf4"):
+            raise ValueError(f"quantization must be 'none' or 'nf4', got {self.quantization!r}")
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
+        if self.merge_adapter and self.quantization == "nf4":
+            raise ValueError("merge_adapter needs unquantised weights; use quantization='none' to merge")
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """Decoding settings; recorded with every result and part of every cache key."""
+
+    max_new_tokens: int | None = None  # None: a bound derived from the schema and the note's length
+    batch_size: int | None = None  # None: automatic, from a token budget
+    greedy: bool = True  # deterministic: same input, same output
+
+    def __post_init__(self):
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            raise ValueError("max_new_tokens must be >= 1")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    seconds: float  # wall time of the batch this output came from, shared out per output
+    new_tokens: int
+    stopped: bool  # ended at the end-of-turn token (False: hit max_new_tokens, a loop)
+    cached: bool = False
+
+
+class Backend(Protocol):
+    """Anything that turns notes into raw outputs. `identity` names model and weights exactly."""
+
+    identity: Mapping[str, Any]
+
+    def generate(self, notes: list[str], settings: GenerationSettings) -> list[Generation]: ...
+
+
+class FakeBackend:
+    """A scripted backend: returns given outputs. A first-class backend for everything above the model."""
+
+    def __init__(self, outputs: Mapping[str, str] | Callable[[str], str] | None = None, name: str = "fake"):
+        self.outputs = outputs if outputs is not None else {}
+        self.name = name
+        self.calls: list[list[str]] = []
+
+    @property
+    def identity(self) -> dict:
+        """A script is part of the identity, so the cache never serves one script's outputs for another."""
+        script = "callable" if callable(self.outputs) else sha256_text(json.dumps(self.outputs, sort_keys=True))
+        return {"model": f"fake:{self.name}", "script": script}
+
+    def script(self, note: str, output: str | dict) -> None:
+        self.outputs[note] = output if isinstance(output, str) else dumps(output)
+
+    def generate(self, notes, settings):
+        self.calls.append(list(notes))
+        out = []
+        for note in notes:
+            text = self.outputs(note) if callable(self.outputs) else self.outputs.get(note, dumps(empty_summary()))
+            out.append(Generation(text=text, seconds=0.0, new_tokens=len(text.split()), stopped=True))
+        return out
+
+
+# --------------------------------------------------------------------------- resolving a base model
+
+
+@dataclass(frozen=True)
+class ResolvedBase:
+    name: str  # canonical name, compared with an adapter's base_model_name_or_path
+    folder: str  # what from_pretrained loads (a folder or a hub id)
+    weights_sha256: str
+
+
+def resolve_base(base: str, cache_dir: Path | None = None) -> ResolvedBase:
+    """Find a base model offline first; raise ModelNotFoundError saying what was tried."""
+    cache_dir = cache_dir or cache_root()
+    if base in (EMBEDDED, EMBEDDED_NAME):
+        folder = converted_gguf(embedded_gguf(), cache_dir)
+        return ResolvedBase(EMBEDDED_NAME, str(folder), _source_sha(folder, cache_dir))
+    path = Path(base).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelNotFoundError(f"GGUF file {path} does not exist")
+        folder = converted_gguf(path, cache_dir)
+        return ResolvedBase(path.stem.split(".")[0], str(folder), _source_sha(folder, cache_dir))
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(f"{path} is a folder but has no config.json; is it a Hugging Face model?")
+        return ResolvedBase(path.name, str(path), folder_weights_sha256(path, cache_dir))
+    if path.is_absolute() or base.startswith((".", "~")) or base.count("/") > 1:
+        raise ModelNotFoundError(f"model folder {path} does not exist")
+    return _resolve_hub_id(base, cache_dir)
+
+
+def _source_sha(folder: Path, cache_dir: Path) -> str:
+    return json.loads((folder / "sunrise-source.json").read_text())["sha256"]
+
+
+def _resolve_hub_id(model_id: str, cache_dir: Path) -> ResolvedBase:
+    from huggingface_hub import snapshot_download
+
+    tried = [f"the local Hugging Face cache ({os.environ.get('HF_HOME', '~/.cache/huggingface')})"]
+    try:
+        folder = snapshot_download(model_id, local_files_only=True)
+    except Exception:
+        if os.environ.get("HF_HUB_OFFLINE") == "1":
+            folder = None
+        else:
+            tried.append("the Hugging Face hub")
+            try:
+                folder = snapshot_download(model_id, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"])
+            except Exception as exc:
+                folder = None
+                tried[-1] += f" ({exc.__class__.__name__})"
+    if folder is None:
+        raise ModelNotFoundError(
+            f"model {model_id!r} not found; tried {', '.join(tried)}. Download it where the hub is reachable "
+            f"(huggingface-cli download {model_id}) and pass its folder with --base-model, or use the "
+            f"embedded default (--base-model embedded)"
+        )
+    return ResolvedBase(model_id, folder, folder_weights_sha256(Path(folder), cache_dir))
+
+
+# --------------------------------------------------------------------------- adapters
+
+
+@dataclass(frozen=True)
+class AdapterInfo:
+    path: Path
+    base_name: str
+    sha256: str
+
+
+def inspect_adapter(adapter: str | Path) -> AdapterInfo:
+    """Check a LoRA folder before anything loads it: safetensors only, readable config."""
+    path = Path(adapter).expanduser()
+    if not path.is_dir():
+        raise AdapterError(f"adapter folder {path} does not exist")
+    config_path, weights = path / "adapter_config.json", path / "adapter_model.safetensors"
+    if not weights.is_file():
+        if (path / "adapter_model.bin").is_file():
+            raise AdapterError(f"{path} holds a pickled adapter_model.bin; pickles can run code when loaded, so "
+                               "only safetensors adapters are accepted (re-save it with safe_serialization=True)")
+        raise AdapterError(f"{path} has no adapter_model.safetensors; is it a peft LoRA adapter folder?")
+    try:
+        config = json.loads(config_path.read_text())
+        base_name = config["base_model_name_or_path"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise AdapterError(f"{config_path} is missing or unreadable ({exc.__class__.__name__}: {exc})") from None
+    return AdapterInfo(path=path, base_name=str(base_name),
+                       sha256=sha256_text(sha256_file(config_path) + sha256_file(weights)))
+
+
+def _same_base(adapter_base: str, loaded: ResolvedBase) -> bool:
+    """Names match when their last path component matches, case folded ('org/Model' == '/x/Model')."""
+    def norm(name: str) -> str:
+        return name.rstrip("/").rsplit("/", 1)[-1].casefold()
+
+    return norm(adapter_base) in (norm(loaded.name), norm(loaded.folder))
+
+
+# --------------------------------------------------------------------------- the Hugging Face backend
+
+
+def _torch_dtype(name: str):
+    import torch
+
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def load_base_model(spec: ModelSpec, resolved: ResolvedBase, for_training: bool = False):
+    """Load tokenizer and model per `spec`: float32/bf16/fp16, or NF4 4-bit through bitsandbytes."""
+    try:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ModelNotFoundError(f"loading a model needs torch and transformers ({exc}); pip install -e .") from exc
+    # Under torchrun/accelerate each data-parallel process owns the GPU of its LOCAL_RANK.
+    device = spec.device or (f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
+    kwargs: dict[str, Any] = {"dtype": _torch_dtype(spec.dtype)}
+    if spec.attn_implementation:
+        kwargs["attn_implementation"] = spec.attn_implementation
+    if spec.quantization == "nf4":
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=_torch_dtype(spec.dtype),
+            # The tied embedding/LM head stays unquantised: quantising it costs accuracy for little memory.
+            llm_int8_skip_modules=["lm_head"],
+        )
+        kwargs["device_map"] = {"": device}
+    tokenizer = AutoTokenizer.from_pretrained(resolved.folder)
+    model = AutoModelForCausalLM.from_pretrained(resolved.folder, **kwargs)
+    if spec.quantization != "nf4":
+        model.to(device)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if for_training and spec.quantization == "nf4":
+        _disable_bnb_cpu_packing(model)
+    if not for_training:
+        model.eval()
+    return tokenizer, model
+
+
+def _disable_bnb_cpu_packing(model) -> None:
+    """bitsandbytes 0.50 repacks NF4 weights for its avx512-bf16 CPU kernel on the first eval-mode
+    forward, and unpacks them when state_dict() is taken (every checkpoint save); after that the
+    weights are garbage (measured: validation loss 2.03 -> 19.3). Training saves checkpoints after
+    evaluations, so it keeps the plain layout throughout."""
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
+
+
+def check_adapter_base(info: AdapterInfo, resolved: ResolvedBase) -> None:
+    """An adapter on the wrong base gives silent garbage: refuse it before loading anything."""
+    if not _same_base(info.base_name, resolved):
+        raise AdapterError(
+            f"adapter {info.path} was trained on {info.base_name!r} but the base model is {resolved.name!r}; "
+            "pass the matching --base-model"
+        )
+
+
+def attach_adapter(model, spec: ModelSpec, resolved: ResolvedBase, info: AdapterInfo):
+    check_adapter_base(info, resolved)
+    from peft import PeftModel
+
+    try:
+        model = PeftModel.from_pretrained(model, str(info.path), is_trainable=False)
+    except Exception as exc:
+        raise AdapterError(f"adapter {info.path} could not be attached to {resolved.name}: "
+                           f"{exc.__class__.__name__}: {str(exc).splitlines()[0][:300]}") from None
+    if spec.merge_adapter:
+        model = model.merge_and_unload()
+    model.eval()
+    return model
+
+
+class HFBackend:
+    """A Hugging Face causal LM (optionally with a LoRA adapter), greedy and batched."""
+
+    def __init__(self, spec: ModelSpec = ModelSpec(), cache_dir: Path | None = None):
+        t0 = time.perf_counter()
+        self.spec = spec
+        adapter = inspect_adapter(spec.adapter) if spec.adapter else None
+        self.resolved = resolve_base(spec.base, cache_dir)
+        if adapter:
+            check_adapter_base(adapter, self.resolved)
+        self.tokenizer, model = load_base_model(spec, self.resolved)
+        self.model = attach_adapter(model, spec, self.resolved, adapter) if adapter else model
+        self.tokenizer.padding_side = "left"
+        self.stop_ids = sorted({i for i in (self.tokenizer.convert_tokens_to_ids("<|im_end|>"),
+                                            self.tokenizer.eos_token_id) if isinstance(i, int) and i >= 0})
+        self.context_length = int(getattr(self.model.config, "max_position_embeddings", 2048))
+        self.skeleton_tokens = len(self.tokenizer(dumps(empty_summary()))["input_ids"])
+        self.identity = {
+            "model": self.resolved.name,
+            "weights_sha256": self.resolved.weights_sha256,
+            "adapter": str(adapter.path) if adapter else None,
+            "adapter_sha256": adapter.sha256 if adapter else None,
+            "quantization": spec.quantization,
+            "dtype": spec.dtype,
+            "merged": spec.merge_adapter,
+        }
+        self.load_seconds = time.perf_counter() - t0
+
+    def max_new_tokens(self, note_tokens: int, settings: GenerationSettings) -> int:
+        """Every value in a summary is copied from the note, so an answer needs at most the schema's
+        skeleton plus the note's tokens again, and the per-entry keys around them (measured on the
+        dataset: at most 2.5 answer tokens per note token beyond the skeleton). A looping model stops here."""
+        if settings.max_new_tokens is not None:
+            return settings.max_new_tokens
+        return self.skeleton_tokens + 3 * note_tokens + 16
+
+    def encode(self, notes: list[str]) -> list[list[int]]:
+        prompts = [render_prompt(self.tokenizer, n) for n in notes]
+        return self.tokenizer(prompts, add_special_tokens=False)["input_ids"]
+
+    def check_note(self, note: str, prompt_tokens: int, settings: GenerationSettings) -> None:
+        if not note.strip():
+            raise InputError("the note is empty")
+        budget = prompt_tokens + self.max_new_tokens(prompt_tokens, settings)
+        if budget > self.context_length:
+            raise InputError(f"the note is too long: {prompt_tokens} prompt tokens plus room for the answer "
+                             f"exceed the model's context of {self.context_length} tokens")
+
+    def batch_size(self, settings: GenerationSettings, longest: int) -> int:
+        if settings.batch_size:
+            return settings.batch_size
+        budget = 16384 if self.model.device.type == "cuda" else 8192
+        return max(1, min(64, budget // max(1, longest)))
+
+    def generate(self, notes: list[str], settings: GenerationSettings) -> list[Generation]:
+        """Batched greedy generation. Notes are sorted by length so each batch pads little."""
+        ids = self.encode(notes)
+        for note, row in zip(notes, ids, strict=True):
+            self.check_note(note, len(row), settings)
+        order = sorted(range(len(notes)), key=lambda i: -len(ids[i]))
+        results: list[Generation | None] = [None] * len(notes)
+        start = 0
+        while start < len(order):
+            longest = len(ids[order[start]])
+            size = self.batch_size(settings, longest + self.max_new_tokens(longest, settings))
+            chunk = order[start:start + size]
+            for i, gen in zip(chunk, self._generate_batch([ids[i] for i in chunk], settings), strict=True):
+                results[i] = gen
+            start += size
+        return results  # type: ignore[return-value]
+
+    def _generate_batch(self, rows: list[list[int]], settings: GenerationSettings) -> list[Generation]:
+        import torch
+
+        t0 = time.perf_counter()
+        width = max(len(r) for r in rows)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=self.model.device)
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=self.model.device)
+        max_new = max(self.max_new_tokens(len(r), settings) for r in rows)
+        with torch.inference_mode():
+            out = self.model.generate(
+                input_ids=input_ids, attention_mask=mask, max_new_tokens=max_new, do_sample=False,
+                eos_token_id=self.stop_ids, pad_token_id=pad,
+            )
+        seconds = (time.perf_counter() - t0) / len(rows)
+        gens = []
+        for row in out[:, width:].tolist():
+            stop_at = next((k for k, tok in enumerate(row) if tok in self.stop_ids), None)
+            new = row if stop_at is None else row[:stop_at]
+            gens.append(Generation(
+                text=self.tokenizer.decode(new, skip_special_tokens=True), seconds=seconds,
+                new_tokens=len(new), stopped=stop_at is not None,
+            ))
+        return gens

@@ -1,0 +1,163 @@
+"""pytest plugin: options, markers, parametrisation and the end-of-run report. Hooks only; the logic
+lives in harness.suite, harness.gate and harness.report."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from harness.gate import Thresholds
+from harness.models import GenerationSettings
+from harness.settings import REFERENCE_ADAPTER, REFERENCE_BASELINE
+from harness.suite import (
+    ROLES,
+    SCENARIO_SETS,
+    Suite,
+    SuiteOptions,
+    applicable_checks,
+    load_scenarios,
+    write_summary,
+)
+from scenarios import profiles
+
+SUITE_KEY = pytest.StashKey[Suite]()
+OPTIONS_KEY = pytest.StashKey[SuiteOptions]()
+REPORT_KEY = pytest.StashKey[tuple]()
+MARKERS = {
+    "base": "evaluates the base model (failures are expected and reported as xfail)",
+    "tuned": "evaluates the base model plus the adapter under test (the gate)",
+    "slow": "loads a real model or browser; skipped unless selected with -m or --run-slow",
+    "browser": "drives headless Chromium through Playwright",
+}
+
+
+def _threshold(text: str) -> tuple[str, float]:
+    name, _, value = text.partition("=")
+    try:
+        return name.strip(), float(value)
+    except ValueError:
+        raise pytest.UsageError(f"--threshold takes NAME=VALUE, e.g. field_f1=0.9; got {text!r}") from None
+
+
+def _path_or_none(text: str) -> Path | str | None:
+    return text if text in ("auto", "none") else Path(text)
+
+
+def pytest_addoption(parser):
+    g = parser.getgroup("sunrise", "Sunrise clinical-extraction evaluation")
+    g.addoption("--base-model", default="embedded", help="base model: 'embedded', a Hugging Face id, folder or .gguf")
+    g.addoption("--adapter", type=Path, default=REFERENCE_ADAPTER,
+                help="LoRA adapter under test (default: the reference adapter in fixtures/)")
+    g.addoption("--quantization", choices=("nf4", "none"), default="nf4", help="base weights (default nf4)")
+    g.addoption("--baseline", type=_path_or_none, default="auto",
+                help="summary.json of an earlier run to gate against (default: the reference adapter's "
+                     "baseline when the reference adapter is under test; 'none' for no baseline)")
+    g.addoption("--threshold", type=_threshold, action="append", default=[],
+                help="override a gate threshold, NAME=VALUE (repeatable)")
+    g.addoption("--report-dir", type=Path, default=Path("reports"), help="where HTML reports and summaries go")
+    g.addoption("--scenario-sets", default=",".join(SCENARIO_SETS),
+                help=f"comma-separated scenario sets (default: {','.join(SCENARIO_SETS)})")
+    g.addoption("--test-split-size", type=int, default=100, help="held-out test-split scenarios (default 100)")
+    g.addoption("--no-generation-cache", action="store_true", help="always generate (never read the cache)")
+    g.addoption("--fake-outputs", type=Path, default=None,
+                help="JSON {role: {note: output}}: scripted models instead of real ones (for testing the suite)")
+    g.addoption("--run-slow", action="store_true", help="also run slow tests (real models, browser)")
+
+
+def pytest_configure(config):
+    for name, text in MARKERS.items():
+        config.addinivalue_line("markers", f"{name}: {text}")
+    profiles.load(os.environ.get("SUNRISE_HYPOTHESIS_PROFILE"))
+    adapter = config.getoption("--adapter").resolve()
+    baseline = config.getoption("--baseline")
+    if baseline == "auto":  # the reference adapter is judged against its own recorded run
+        baseline = REFERENCE_BASELINE if adapter == REFERENCE_ADAPTER and REFERENCE_BASELINE.is_file() else None
+    elif baseline == "none":
+        baseline = None
+    try:
+        thresholds = Thresholds.from_pyproject(Path(config.rootpath) / "pyproject.toml").with_overrides(
+            dict(config.getoption("--threshold")))
+        options = SuiteOptions(
+            base_model=config.getoption("--base-model"), adapter=adapter,
+            quantization=config.getoption("--quantization"),
+            scenario_sets=tuple(s for s in config.getoption("--scenario-sets").split(",") if s),
+            test_split_size=config.getoption("--test-split-size"), baseline=baseline, thresholds=thresholds,
+            report_dir=config.getoption("--report-dir"), cache=not config.getoption("--no-generation-cache"),
+            settings=GenerationSettings(), fake_outputs=config.getoption("--fake-outputs"),
+        )
+    except (ValueError, TypeError) as exc:
+        raise pytest.UsageError(f"sunrise: {exc}") from None
+    config.stash[OPTIONS_KEY] = options
+
+
+def pytest_generate_tests(metafunc):
+    """Parametrise the suite's tests: ids name the model, the check and the scenario."""
+    options = metafunc.config.stash[OPTIONS_KEY]
+    names = metafunc.fixturenames
+    if "sunrise_check" in names:
+        params = [
+            pytest.param((role, check, case.id), id=f"{role}-{check}-{case.id}",
+                         marks=[getattr(pytest.mark, role), pytest.mark.slow])
+            for role in ROLES for case in load_scenarios(options) for check in applicable_checks(case)
+        ]
+        metafunc.parametrize("sunrise_check", params)
+    elif "sunrise_role" in names:
+        roles = getattr(metafunc.function, "sunrise_roles", ROLES)
+        metafunc.parametrize("sunrise_role", [
+            pytest.param(role, id=role, marks=[getattr(pytest.mark, role), pytest.mark.slow]) for role in roles])
+    if "sunrise_metric" in names:
+        metrics = list(options.thresholds.__dataclass_fields__)
+        metafunc.parametrize("sunrise_metric", metrics, ids=metrics)
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--run-slow") or config.getoption("-m"):
+        return
+    skip = pytest.mark.skip(reason="slow (real model or browser): select with -m base/tuned/slow or --run-slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def sunrise_suite(request) -> Suite:
+    config = request.config
+    if SUITE_KEY not in config.stash:
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+
+        def progress(message):
+            if reporter is not None:
+                reporter.write_line(f"[sunrise] {message}")
+
+        config.stash[SUITE_KEY] = Suite(config.stash[OPTIONS_KEY], progress=progress)
+    return config.stash[SUITE_KEY]
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Write the run's summary and HTML report, also after an interruption (then marked incomplete)."""
+    suite = session.config.stash.get(SUITE_KEY, None)
+    if suite is None or not suite.evaluation.runs:
+        return
+    from harness.report import write_index, write_report
+
+    complete = exitstatus not in (pytest.ExitCode.INTERRUPTED, pytest.ExitCode.INTERNAL_ERROR)
+    summary = suite.summary(complete=complete)
+    folder = write_summary(summary, suite.options.report_dir)
+    write_report(summary, folder / "report.html")
+    write_index(suite.options.report_dir)
+    session.config.stash[REPORT_KEY] = (folder, summary)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if REPORT_KEY not in config.stash:
+        return
+    folder, summary = config.stash[REPORT_KEY]
+    from harness.report import gate_lines
+
+    terminalreporter.section("sunrise")
+    for line in gate_lines(summary):
+        terminalreporter.write_line(line)
+    terminalreporter.write_line(f"report: {folder / 'report.html'}")
+    terminalreporter.write_line(f"summary: {folder / 'summary.json'} (use as --baseline for the next adapter)")

@@ -1,0 +1,112 @@
+"""Self-contained HTML reports (CSS inline, plots embedded) and the index of runs.
+
+Everything that came from a note or a model goes through Jinja2's autoescaping, so a note holding
+`<script>` shows as text. Files are written atomically: a reader never sees half a report.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+from jinja2 import Environment, PackageLoader, select_autoescape
+
+from harness.diff import diff_output
+from harness.plots import loss_curve_png, metrics_bar_png, trend_png
+
+HEADLINE = ("json_valid", "schema_valid", "resource_type", "no_invented_keys", "null_age", "stated_age",
+            "dose_split", "med_count", "field_f1")
+_ENV = Environment(loader=PackageLoader("harness", "templates"), autoescape=select_autoescape(["html", "j2"]),
+                   trim_blocks=True, lstrip_blocks=True)
+_ENV.filters["pretty"] = lambda obj: json.dumps(obj, indent=2, ensure_ascii=False)
+_ENV.filters["pct"] = lambda x: "–" if x is None else f"{100 * x:.1f}%"
+
+
+def _data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode()
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def gate_lines(summary: dict) -> list[str]:
+    """The gate's verdict in plain lines, for the terminal and the report."""
+    gate = summary.get("gate")
+    if not gate:
+        return ["gate: not evaluated (the tuned model did not run)"]
+    lines = [f"gate: {'PASSED' if gate['passed'] else 'FAILED'}"]
+    for name, (value, floor) in gate["threshold_misses"].items():
+        lines.append(f"  threshold missed: {name} = {value:.3f} < {floor:.3f}")
+    for name, (tuned, base) in gate["worse_than_base"].items():
+        lines.append(f"  worse than base: {name} = {tuned:.3f} < base {base:.3f}")
+    comp = gate.get("comparison")
+    if comp:
+        lines.append(f"  vs baseline {gate['baseline']}: {comp['shared']} shared scenarios, "
+                     f"{len(comp['flipped_to_fail'])} pass->fail, {len(comp['flipped_to_pass'])} fail->pass, "
+                     f"McNemar p={comp['p_value']:.4f}, field-F1 diff {comp['f1_diff']:+.3f} "
+                     f"[{comp['f1_interval'][0]:+.3f}, {comp['f1_interval'][1]:+.3f}]")
+        for reason in comp["reasons"]:
+            lines.append(f"  worse than baseline: {reason}")
+        if comp["flipped_to_fail"]:
+            lines.append("  flipped pass->fail: " + ", ".join(comp["flipped_to_fail"]))
+    if not summary.get("complete", True):
+        lines.append("  run INCOMPLETE: interrupted before every test finished")
+    return lines
+
+
+def _rows(summary: dict) -> list[dict]:
+    rows = []
+    for role, data in summary["roles"].items():
+        for sid, o in data["scenarios"].items():
+            failed = [name for name, c in o["checks"].items() if not c["ok"]]
+            rows.append({**o, "role": role, "scenario": sid, "failed": failed,
+                         "diff": diff_output(o["output"], o["expected"])})
+        for o in data.get("hypothesis", []):
+            if not o["passed"]:
+                failed = [name for name, c in o["checks"].items() if not c["ok"]]
+                rows.append({**o, "role": role, "scenario": "hypothesis (minimal failing note)", "failed": failed,
+                             "diff": diff_output(o["output"], o["expected"])})
+    return rows
+
+
+def render_report(summary: dict) -> str:
+    metrics = {role: d["metrics"] for role, d in summary["roles"].items() if d["metrics"]}
+    return _ENV.get_template("report.html.j2").render(
+        s=summary, headline=HEADLINE, metrics=metrics, rows=_rows(summary), gate=gate_lines(summary),
+        checks=sorted({c for d in summary["roles"].values() for o in d["scenarios"].values() for c in o["checks"]}),
+        bar=_data_uri(metrics_bar_png(metrics, list(HEADLINE))) if metrics else None,
+        loss=_data_uri(loss_curve_png(summary["train_log"])) if summary.get("train_log") else None,
+    )
+
+
+def write_report(summary: dict, path: Path) -> None:
+    _atomic_write(path, render_report(summary))
+
+
+def write_index(report_dir: Path) -> Path:
+    """reports/index.html: every run in the folder, newest first, with a trend plot."""
+    runs = []
+    for path in sorted(Path(report_dir).glob("*/summary.json")):
+        try:
+            s = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        tuned = s.get("roles", {}).get("tuned", {})
+        runs.append({"run_id": s.get("run_id", path.parent.name), "created": s.get("created"),
+                     "adapter": s.get("options", {}).get("adapter"), "complete": s.get("complete", False),
+                     "gate": s.get("gate"), "metrics": tuned.get("metrics") or {},
+                     "href": f"{path.parent.name}/report.html"})
+    trend_runs = [r for r in runs if r["metrics"]]
+    html = _ENV.get_template("index.html.j2").render(
+        runs=list(reversed(runs)), headline=HEADLINE,
+        trend=_data_uri(trend_png(trend_runs, ["schema_valid", "null_age", "med_count", "field_f1"]))
+        if trend_runs else None)
+    index = Path(report_dir) / "index.html"
+    _atomic_write(index, html)
+    return index

@@ -1,0 +1,107 @@
+"""The manual testing page: type or dictate a note, see the JSON summary (and the base model's, side by side).
+
+Models are loaded once at start-up. Generation holds a lock (one model, one forward pass at a time);
+requests queue for it rather than fail, so two users at once are both served.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from fastapi import FastAPI, Request, UploadFile
+from fastapi.responses import HTMLResponse, JSONResponse
+
+from harness.checks import describe_output
+from harness.errors import InputError
+from harness.models import Backend, GenerationSettings, ModelSpec
+from harness.transcribe import MAX_BYTES, Transcriber, TranscriptionError
+
+PAGE = Path(__file__).with_name("templates") / "page.html"
+MAX_NOTE_CHARS = 20_000  # far beyond any clinical note; longer input is refused before tokenising
+
+
+def _error(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+
+
+def create_app(models: Mapping[str, Backend], transcriber: Transcriber,
+               settings: GenerationSettings = GenerationSettings()) -> FastAPI:
+    """`models` maps a role ('tuned', 'base') to a loaded backend; the first is the main answer."""
+    app = FastAPI(title="Sunrise manual testing", docs_url=None, redoc_url=None)
+    lock = threading.Lock()
+
+    @app.middleware("http")
+    async def refuse_huge_uploads(request: Request, call_next):
+        length = request.headers.get("content-length")
+        if request.url.path == "/api/transcribe" and length and length.isdigit() and int(length) > MAX_BYTES + 65536:
+            return _error(413, "too_large", "The recording is over 25 MB; record a shorter note.")
+        return await call_next(request)
+
+    @app.get("/", response_class=HTMLResponse)
+    def page():
+        return PAGE.read_text(encoding="utf-8")
+
+    @app.get("/api/status")
+    def status():
+        return {
+            "dictation": {"enabled": transcriber.enabled, "reason": transcriber.reason},
+            "models": {role: dict(m.identity) for role, m in models.items()},
+        }
+
+    @app.post("/api/transcribe")
+    def transcribe(audio: UploadFile):
+        t0 = time.perf_counter()
+        data = audio.file.read(MAX_BYTES + 1)
+        try:
+            text = transcriber.transcribe(data, audio.content_type)
+        except TranscriptionError as exc:
+            return _error(exc.status, exc.code, exc.message)
+        return {"text": text, "seconds": round(time.perf_counter() - t0, 3)}
+
+    @app.post("/api/extract")
+    async def extract(request: Request):
+        try:
+            body = await request.json()
+            note = body["note"]
+            if not isinstance(note, str):
+                raise TypeError
+        except (ValueError, KeyError, TypeError):
+            return _error(400, "bad_request", 'Send JSON {"note": "..."}.')
+        if not note.strip():
+            return _error(422, "empty_note", "The note is empty: type or dictate a note first.")
+        if len(note) > MAX_NOTE_CHARS:
+            return _error(422, "too_long", f"The note is {len(note)} characters; the limit is {MAX_NOTE_CHARS}.")
+        results = {}
+        for role, model in models.items():
+            try:
+                with lock:
+                    t0 = time.perf_counter()
+                    gen = model.generate([note], settings)[0]
+                    seconds = time.perf_counter() - t0
+            except InputError as exc:
+                return _error(422, "too_long", f"{exc}. Shorten the note.")
+            results[role] = {"output": gen.text, "seconds": round(seconds, 3), "stopped": gen.stopped,
+                             **describe_output(gen.text)}
+        return {"results": results}
+
+    return app
+
+
+def serve(host: str, port: int, base: ModelSpec, tuned: ModelSpec | None, groq_base_url: str | None = None,
+          whisper_model: str = "whisper-large-v3-turbo", compare_base: bool = False) -> None:
+    import uvicorn
+
+    from harness.models import HFBackend
+
+    models: dict[str, Backend] = {}
+    if tuned is not None:
+        models["tuned"] = HFBackend(tuned)
+    if tuned is None or compare_base:
+        models["base"] = HFBackend(base)
+    transcriber = Transcriber(base_url=groq_base_url, model=whisper_model)
+    print(f"Sunrise manual testing page on http://{host}:{port}/  (models: {', '.join(models)}; "
+          f"dictation {'on' if transcriber.enabled else 'off: ' + transcriber.reason})", flush=True)
+    uvicorn.run(create_app(models, transcriber), host=host, port=port, log_level="warning")

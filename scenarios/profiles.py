@@ -1,0 +1,31 @@
+"""Hypothesis profiles, defined once. Pick one with SUNRISE_HYPOTHESIS_PROFILE or hypothesis' own
+--hypothesis-profile; CI (CI=true) defaults to the derandomised 'ci' profile so a run is repeatable."""
+
+from __future__ import annotations
+
+import os
+
+from hypothesis import HealthCheck, Verbosity, settings
+
+# Model-facing property tests pay one generation per example, so they draw fewer.
+MODEL_EXAMPLES = {"dev": 6, "ci": 8, "nightly": 100, "debug": 3}
+
+settings.register_profile("dev", max_examples=50, deadline=None)
+settings.register_profile("ci", max_examples=50, deadline=None, derandomize=True, database=None,
+                          print_blob=True, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("nightly", max_examples=1000, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("debug", max_examples=10, deadline=None, verbosity=Verbosity.verbose)
+
+
+def load(name: str | None = None) -> str:
+    """Load the named profile (default: 'ci' under CI, else 'dev'); returns its name."""
+    name = name or ("ci" if os.environ.get("CI") else "dev")
+    if name not in MODEL_EXAMPLES:
+        raise ValueError(f"unknown hypothesis profile {name!r}; choose one of {', '.join(MODEL_EXAMPLES)}")
+    settings.load_profile(name)
+    return name
+
+
+def model_examples() -> int:
+    return MODEL_EXAMPLES.get(settings._current_profile, MODEL_EXAMPLES["dev"])

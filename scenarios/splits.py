@@ -1,0 +1,37 @@
+"""The synthetic dataset's splits: train from the training vocabulary, val and test held out."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from scenarios.notes import Case, RandomChooser, draw_case
+from scenarios.vocab import HELD_OUT, TRAIN, Vocabulary
+
+SPLIT_VOCAB: dict[str, Vocabulary] = {"train": TRAIN, "val": HELD_OUT, "test": HELD_OUT}
+
+
+@dataclass(frozen=True)
+class SplitSizes:
+    """Defaults of the original study: 450 train + 50 validation, plus a test split for evaluation."""
+
+    train: int = 450
+    val: int = 50
+    test: int = 100
+
+    def __post_init__(self):
+        for name in SPLIT_VOCAB:
+            if getattr(self, name) < 0:
+                raise ValueError(f"split size {name} must be >= 0, got {getattr(self, name)}")
+
+
+def generate_split(split: str, n: int, seed: int = 0) -> list[Case]:
+    """`n` cases of `split`, deterministic for (split, seed) and independent of the other splits' sizes."""
+    if split not in SPLIT_VOCAB:
+        raise ValueError(f"unknown split {split!r}; expected one of {sorted(SPLIT_VOCAB)}")
+    chooser = RandomChooser(random.Random(f"sunrise-{seed}-{split}"))
+    return [draw_case(chooser, SPLIT_VOCAB[split], f"{split}-{i:03d}") for i in range(n)]
+
+
+def generate_splits(sizes: SplitSizes = SplitSizes(), seed: int = 0) -> dict[str, list[Case]]:
+    return {split: generate_split(split, getattr(sizes, split), seed) for split in SPLIT_VOCAB}

@@ -1,0 +1,20 @@
+"""Shared fixtures for the project's own tests."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from harness.settings import REFERENCE_ADAPTER
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def adapter_copy(tmp_path) -> Path:
+    """A writable copy of the reference adapter, to damage in tests."""
+    if not (REFERENCE_ADAPTER / "adapter_model.safetensors").is_file():
+        pytest.skip("reference adapter not built yet (sunrise train --profile full)")
+    dst = tmp_path / "adapter"
+    shutil.copytree(REFERENCE_ADAPTER, dst)
+    return dst

@@ -1,0 +1,164 @@
+"""Model specs, base resolution and adapter checks (fast), and the real embedded model (slow)."""
+
+import json
+import time
+
+import pytest
+
+from harness.errors import AdapterError, ModelNotFoundError
+from harness.models import (
+    GenerationSettings,
+    HFBackend,
+    ModelSpec,
+    ResolvedBase,
+    check_adapter_base,
+    inspect_adapter,
+    resolve_base,
+)
+from scenarios import SEED
+
+
+def test_spec_validates_where_it_enters():
+    with pytest.raises(ValueError, match="quantization"):
+        ModelSpec(quantization="int3")
+    with pytest.raises(ValueError, match="merge_adapter"):
+        ModelSpec(quantization="nf4", merge_adapter=True)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        GenerationSettings(max_new_tokens=0)
+
+
+def test_missing_model_folder_and_gguf_say_what_was_tried(tmp_path):
+    with pytest.raises(ModelNotFoundError, match="does not exist"):
+        resolve_base(str(tmp_path / "nope"), tmp_path)
+    with pytest.raises(ModelNotFoundError, match="does not exist"):
+        resolve_base(str(tmp_path / "x.gguf"), tmp_path)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelNotFoundError, match="no config.json"):
+        resolve_base(str(tmp_path / "empty"), tmp_path)
+
+
+def test_unknown_hub_id_fails_fast_offline(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    t0 = time.perf_counter()
+    with pytest.raises(ModelNotFoundError, match="Qwen/Qwen2.5-3B-Instruct.*not found.*--base-model"):
+        resolve_base("Qwen/Qwen2.5-3B-Instruct", tmp_path)
+    assert time.perf_counter() - t0 < 10
+
+
+def _adapter(tmp_path, base="SmolLM2-135M-Instruct", weights="adapter_model.safetensors"):
+    folder = tmp_path / "ad"
+    folder.mkdir()
+    (folder / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": base}))
+    (folder / weights).write_bytes(b"\0" * 16)
+    return folder
+
+
+def test_pickled_adapter_is_refused(tmp_path):
+    with pytest.raises(AdapterError, match="pickled adapter_model.bin"):
+        inspect_adapter(_adapter(tmp_path, weights="adapter_model.bin"))
+
+
+def test_adapter_without_config_or_weights(tmp_path):
+    with pytest.raises(AdapterError, match="does not exist"):
+        inspect_adapter(tmp_path / "missing")
+    folder = _adapter(tmp_path)
+    (folder / "adapter_config.json").write_text("{not json")
+    with pytest.raises(AdapterError, match="unreadable"):
+        inspect_adapter(folder)
+
+
+def test_adapter_base_mismatch_is_an_error(tmp_path):
+    info = inspect_adapter(_adapter(tmp_path, base="Qwen/Qwen2.5-3B-Instruct"))
+    with pytest.raises(AdapterError, match="trained on 'Qwen/Qwen2.5-3B-Instruct'.*SmolLM2"):
+        check_adapter_base(info, ResolvedBase("SmolLM2-135M-Instruct", "/x/SmolLM2", "0"))
+    check_adapter_base(info, ResolvedBase("Qwen2.5-3B-Instruct", "/models/Qwen2.5-3B-Instruct", "0"))
+
+
+# ----------------------------------------------------------------------------- the real embedded model
+
+@pytest.fixture(scope="module")
+def base_fp32():
+    return HFBackend(ModelSpec(quantization="none"))
+
+
+@pytest.mark.slow
+def test_embedded_gguf_converts_once_and_loads_fast(base_fp32):
+    folder = base_fp32.resolved.folder
+    assert base_fp32.resolved.name == "SmolLM2-135M-Instruct"
+    assert sum(p.numel() for p in base_fp32.model.parameters()) == 134_515_008
+    t0 = time.perf_counter()
+    again = resolve_base("embedded")
+    assert again.folder == folder and time.perf_counter() - t0 < 2  # cached: no second conversion
+
+
+@pytest.mark.slow
+def test_local_folder_loads_like_the_embedded_model(base_fp32):
+    folder_backend = HFBackend(ModelSpec(base=base_fp32.resolved.folder, quantization="none"))
+    note = SEED[0].note
+    settings = GenerationSettings(max_new_tokens=12)
+    assert folder_backend.generate([note], settings)[0].text == base_fp32.generate([note], settings)[0].text
+
+
+@pytest.mark.slow
+def test_greedy_generation_is_deterministic_and_batch_invariant(base_fp32):
+    notes = [c.note for c in SEED]
+    settings = GenerationSettings(max_new_tokens=24)
+    one_by_one = [base_fp32.generate([n], settings)[0].text for n in notes]
+    batched = [g.text for g in base_fp32.generate(notes, GenerationSettings(max_new_tokens=24, batch_size=5))]
+    assert batched == one_by_one
+
+
+@pytest.mark.slow
+def test_base_model_fails_the_schema_the_way_the_project_expects(base_fp32):
+    from harness.scoring import score_case
+
+    out = base_fp32.generate([SEED[0].note], GenerationSettings())[0]
+    assert not score_case(out.text, SEED[0].expected).schema_valid
+
+
+@pytest.mark.slow
+def test_loop_is_bounded_by_max_new_tokens(base_fp32):
+    out = base_fp32.generate(["Repeat the word 'bed' forever."], GenerationSettings(max_new_tokens=16))[0]
+    assert out.new_tokens <= 16
+
+
+@pytest.mark.slow
+def test_over_long_note_is_refused_clearly(base_fp32):
+    from harness.errors import InputError
+
+    with pytest.raises(InputError, match="too long"):
+        base_fp32.generate(["fever " * 9000], GenerationSettings())
+
+
+@pytest.mark.slow
+def test_nf4_with_reference_adapter_extracts_seed_notes():
+    from harness.settings import REFERENCE_ADAPTER
+
+    if not (REFERENCE_ADAPTER / "adapter_model.safetensors").is_file():
+        pytest.skip("reference adapter not built yet")
+    tuned = HFBackend(ModelSpec(quantization="nf4", adapter=str(REFERENCE_ADAPTER)))
+    import bitsandbytes as bnb
+
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in tuned.model.modules())
+    assert tuned.identity["adapter_sha256"] and tuned.identity["quantization"] == "nf4"
+    from harness.schema import validate_text
+
+    outs = tuned.generate([c.note for c in SEED], GenerationSettings())
+    assert sum(validate_text(o.text) == [] for o in outs) >= 4
+
+
+@pytest.mark.slow
+def test_merged_adapter_matches_attached(adapter_copy):
+    attached = HFBackend(ModelSpec(quantization="none", adapter=str(adapter_copy)))
+    merged = HFBackend(ModelSpec(quantization="none", adapter=str(adapter_copy), merge_adapter=True))
+    notes = [c.note for c in SEED[:2]]
+    settings = GenerationSettings(max_new_tokens=40)
+    assert [g.text for g in merged.generate(notes, settings)] == [g.text for g in attached.generate(notes, settings)]
+
+
+@pytest.mark.slow
+def test_broken_adapter_weights_give_a_clear_error(adapter_copy):
+    (adapter_copy / "adapter_model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(AdapterError, match="could not be attached"):
+        HFBackend(ModelSpec(quantization="none", adapter=str(adapter_copy)))

@@ -1,0 +1,127 @@
+"""The pytest plugin end to end with pytester: options, markers, xfail policy, the gate's exit code."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from harness.schema import dumps
+from harness.suite import SuiteOptions, load_scenarios
+
+ROOT = Path(__file__).resolve().parents[2]
+SUITE = ROOT / "tests" / "evaluation" / "test_models.py"
+SETS = ("--scenario-sets", "seed,curated")
+
+
+@pytest.fixture
+def project(pytester, monkeypatch):
+    """A pytester folder holding the evaluation suite and the project's pyproject (markers, thresholds)."""
+    monkeypatch.setenv("SUNRISE_CACHE_DIR", str(pytester.path / "cache"))
+    (pytester.path / "tests").mkdir()
+    shutil.copy(SUITE, pytester.path / "tests" / "test_models.py")
+    shutil.copy(ROOT / "pyproject.toml", pytester.path / "pyproject.toml")
+    return pytester
+
+
+def _outputs(path: Path, broken=(), base_good=False) -> Path:
+    cases = load_scenarios(SuiteOptions(adapter=None, scenario_sets=("seed", "curated")))
+    tuned = {c.note: dumps(c.expected) for c in cases}
+    for cid in broken:
+        case = next(c for c in cases if c.id == cid)
+        tuned[case.note] = "Sure, here is the summary: " + dumps({**case.expected, "symptoms": []})
+    base = {c.note: (dumps(c.expected) if base_good else '{"name": "x", "symptoms": []}') for c in cases}
+    path.write_text(json.dumps({"tuned": tuned, "base": base}))
+    return path
+
+
+def _run(pytester, *args):
+    return pytester.runpytest_subprocess("-p", "harness.pytest_plugin", "-p", "no:cacheprovider",
+                                         "--report-dir", str(pytester.path / "reports"), *SETS, *args)
+
+
+def test_plain_pytest_skips_model_tests(project):
+    result = _run(project)
+    outcomes = result.parseoutcomes()
+    assert result.ret == 0 and outcomes["skipped"] > 100 and "passed" not in outcomes
+
+
+def test_tuned_run_passes_and_writes_summary_and_report(project):
+    fake = _outputs(project.path / "fake.json")
+    result = _run(project, "-m", "tuned", "--fake-outputs", str(fake), "-k", "not hypothesis")
+    assert result.ret == 0, result.stdout.str()[-3000:]
+    result.stdout.fnmatch_lines(["*gate: PASSED*", "*report: *report.html*", "*summary: *summary.json*"])
+    summary = json.loads(next((project.path / "reports").glob("*/summary.json")).read_text())
+    assert summary["gate"]["passed"] and summary["roles"]["tuned"]["metrics"]["field_f1"] == 1.0
+    assert (project.path / "reports" / "index.html").is_file()
+
+
+def test_base_failures_are_expected_failures_not_red(project):
+    fake = _outputs(project.path / "fake.json")
+    result = _run(project, "-m", "base", "--fake-outputs", str(fake), "-rx")
+    outcomes = result.parseoutcomes()
+    assert result.ret == 0 and outcomes["xfailed"] > 50 and "failed" not in outcomes
+    result.stdout.fnmatch_lines(["*XFAIL*test_check?base-no_invented_keys-seed-1?*invented keys: name, symptoms*"])
+
+
+def test_test_ids_select_by_model_check_and_scenario(project):
+    fake = _outputs(project.path / "fake.json")
+    result = _run(project, "-m", "tuned", "--fake-outputs", str(fake), "-k", "age and seed-5", "-v")
+    result.stdout.fnmatch_lines(["*test_check?tuned-age-seed-5? PASSED*"])
+    result.assert_outcomes(passed=1)
+
+
+def test_gate_fails_on_missed_threshold_and_names_flipped_scenarios(project):
+    good = _outputs(project.path / "good.json")
+    assert _run(project, "-m", "tuned", "--fake-outputs", str(good), "-k", "not hypothesis").ret == 0
+    baseline = next((project.path / "reports").glob("*/summary.json"))
+    broken = ["seed-1", "seed-2", "seed-3", "seed-4", "seed-5", "meds-4", "no-name"]
+    bad = _outputs(project.path / "bad.json", broken=broken)
+    result = _run(project, "-m", "tuned", "--fake-outputs", str(bad), "--baseline", str(baseline),
+                  "-k", "not hypothesis")
+    assert result.ret == 1
+    result.stdout.fnmatch_lines([
+        "*gate: FAILED*",
+        "*threshold missed: json_valid = 0.632 < 1.000*",
+        "*flipped pass->fail: meds-4, no-name, seed-1, seed-2, seed-3, seed-4, seed-5*",
+        "*FAILED*test_threshold?json_valid?*",
+        "*FAILED*test_not_worse_than_baseline*",
+    ])
+    assert "test_check[tuned-no_chatter-seed-1] FAILED" not in result.stdout.str()  # judged by the gate
+
+
+def test_one_flip_is_noise_for_the_paired_gate(project):
+    good = _outputs(project.path / "good.json")
+    _run(project, "-m", "tuned", "--fake-outputs", str(good), "-k", "not hypothesis")
+    baseline = next((project.path / "reports").glob("*/summary.json"))
+    one = _outputs(project.path / "one.json", broken=["seed-1"])
+    result = _run(project, "-m", "tuned", "--fake-outputs", str(one), "--baseline", str(baseline),
+                  "-k", "baseline", "-v")
+    result.stdout.fnmatch_lines(["*test_not_worse_than_baseline PASSED*"])
+
+
+def test_thresholds_come_from_pyproject_and_options(project):
+    fake = _outputs(project.path / "fake.json", broken=["seed-1"])
+    strict = _run(project, "-m", "tuned", "--fake-outputs", str(fake), "-k", "threshold")
+    assert strict.ret == 1  # json_valid 1.0 floor missed by one chatty answer
+    loose = _run(project, "-m", "tuned", "--fake-outputs", str(fake), "-k", "threshold",
+                 "--threshold", "json_valid=0.9", "--threshold", "schema_valid=0.9")
+    assert loose.ret == 0, loose.stdout.str()[-2000:]
+    bad = _run(project, "--threshold", "f1")
+    assert bad.ret == 4 and "NAME=VALUE" in bad.stderr.str()
+
+
+def test_unknown_marker_is_an_error(project):
+    (project.path / "tests" / "test_marked.py").write_text(
+        "import pytest\n@pytest.mark.tunned\ndef test_x():\n    pass\n")
+    result = _run(project, "tests/test_marked.py")
+    assert result.ret != 0 and "tunned" in result.stdout.str()
+
+
+def test_broken_adapter_fails_every_tuned_test_with_one_clear_message(project, tmp_path):
+    adapter = tmp_path / "broken"
+    adapter.mkdir()
+    (adapter / "adapter_model.bin").write_bytes(b"pickle")
+    result = _run(project, "-m", "tuned", "--adapter", str(adapter), "-k", "seed-1 and age")
+    assert result.ret == 1
+    result.stdout.fnmatch_lines(["*tuned model could not be loaded*pickled adapter_model.bin*"])

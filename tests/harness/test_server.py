@@ -1,0 +1,146 @@
+"""The manual testing server over real HTTP, with the real groq SDK talking to a local fake Groq."""
+
+import concurrent.futures
+import json
+
+import groq
+import httpx
+import pytest
+
+from harness.models import FakeBackend
+from harness.schema import dumps
+from harness.server import create_app
+from harness.transcribe import Transcriber
+from scenarios import SEED
+from tests.fakes.groq import KEY, FakeGroq
+from tests.fakes.servers import free_port, running
+
+WEBM = b"\x1aE\xdf\xa3" + b"\x00" * 2000  # an EBML header, as MediaRecorder's webm starts
+
+
+@pytest.fixture
+def fake_groq():
+    fake = FakeGroq()
+    with running(fake.app()) as url:
+        fake.url = url
+        yield fake
+
+
+def _server(fake_groq=None, key=KEY, timeout=5.0, base_url=None):
+    tuned = FakeBackend({c.note: dumps(c.expected) for c in SEED}, name="tuned")
+    base = FakeBackend(lambda note: "Sure! {\"symptoms\": []}", name="base")
+    transcriber = Transcriber(api_key=key, base_url=base_url or (fake_groq.url if fake_groq else None),
+                              timeout=timeout)
+    return running(create_app({"tuned": tuned, "base": base}, transcriber))
+
+
+def _upload(url, data=WEBM, mime="audio/webm;codecs=opus"):
+    return httpx.post(f"{url}/api/transcribe", files={"audio": ("blob", data, mime)}, timeout=30)
+
+
+def test_fake_groq_rejects_a_file_without_audio_extension(fake_groq):
+    """The pitfall the real service has: the SDK must be given a filename with the right extension."""
+    client = groq.Groq(api_key=KEY, base_url=fake_groq.url, max_retries=0)
+    with pytest.raises(groq.BadRequestError, match="file must be one of"):
+        client.audio.transcriptions.create(model="whisper-large-v3-turbo", file=("recording", WEBM, "audio/webm"))
+    ok = client.audio.transcriptions.create(model="whisper-large-v3-turbo", file=("a.webm", WEBM, "audio/webm"))
+    assert ok.text == fake_groq.text
+
+
+def test_dictation_round_trip_through_the_real_sdk(fake_groq):
+    with _server(fake_groq) as url:
+        assert httpx.get(f"{url}/api/status").json()["dictation"]["enabled"] is True
+        resp = _upload(url)
+    assert resp.status_code == 200 and resp.json()["text"] == fake_groq.text
+    upload = fake_groq.uploads[-1]
+    assert upload.filename == "dictation.webm" and upload.data == WEBM and upload.model == "whisper-large-v3-turbo"
+
+
+@pytest.mark.parametrize("mode, status, code, words", [
+    ("rate_limit", 429, "rate_limited", "try again in 7 s"),
+    ("bad_key", 502, "bad_key", "rejected the server's API key"),
+    ("server_error", 502, "failed", "failed (500)"),
+])
+def test_groq_faults_become_distinct_readable_messages(fake_groq, mode, status, code, words):
+    fake_groq.mode = mode
+    with _server(fake_groq) as url:
+        resp = _upload(url)
+    assert resp.status_code == status
+    error = resp.json()["error"]
+    assert error["code"] == code and words in error["message"] and KEY not in resp.text
+
+
+def test_groq_timeout_and_unreachable(fake_groq):
+    fake_groq.mode, fake_groq.delay = "slow", 2.0
+    with _server(fake_groq, timeout=0.5) as url:
+        resp = _upload(url)
+    assert resp.status_code == 504 and resp.json()["error"]["code"] == "timeout"
+    with _server(base_url=f"http://127.0.0.1:{free_port()}") as url:
+        resp = _upload(url)
+    assert resp.status_code == 502 and resp.json()["error"]["code"] == "unreachable"
+
+
+def test_rejected_file_message_is_passed_on(fake_groq):
+    fake_groq.text = ""
+    with _server(fake_groq) as url:
+        resp = _upload(url, mime="audio/wav")
+    assert resp.status_code == 200 and fake_groq.uploads[-1].filename == "dictation.wav"
+
+
+def test_too_large_or_not_audio_is_refused_before_groq(fake_groq):
+    with _server(fake_groq) as url:
+        big = _upload(url, data=b"\0" * (25 * 1024 * 1024 + 10))
+        text = _upload(url, data=b"hello", mime="text/plain")
+        empty = _upload(url, data=b"")
+    assert big.status_code == 413 and big.json()["error"]["code"] == "too_large"
+    assert text.status_code == 415 and empty.status_code == 415
+    assert fake_groq.uploads == []
+
+
+def test_no_key_disables_dictation_but_typing_works(fake_groq, monkeypatch):
+    monkeypatch.delenv("GROQ_API_KEY", raising=False)
+    with _server(fake_groq, key=None) as url:
+        status = httpx.get(f"{url}/api/status").json()["dictation"]
+        refused = _upload(url)
+        typed = httpx.post(f"{url}/api/extract", json={"note": SEED[0].note})
+    assert status["enabled"] is False and "GROQ_API_KEY" in status["reason"]
+    assert refused.status_code == 503 and typed.status_code == 200
+
+
+def test_extract_shows_json_validity_checks_and_both_models():
+    with _server() as url:
+        body = httpx.post(f"{url}/api/extract", json={"note": SEED[2].note}).json()["results"]
+    tuned, base = body["tuned"], body["base"]
+    assert tuned["schema_valid"] and tuned["json"] == SEED[2].expected and tuned["strict_json"]
+    rules = {c["rule"]: c for c in tuned["checks"]}
+    assert rules["medication entries"]["detail"] == "2 entries" and rules["age"]["detail"] == "48"
+    assert not base["schema_valid"] and not base["strict_json"]
+
+
+@pytest.mark.parametrize("payload, status, code", [
+    ({"note": "   "}, 422, "empty_note"),
+    ({"note": "x" * 20_001}, 422, "too_long"),
+    ({"text": "wrong key"}, 400, "bad_request"),
+])
+def test_bad_notes_get_a_message_not_a_500(payload, status, code):
+    with _server() as url:
+        resp = httpx.post(f"{url}/api/extract", json=payload)
+    assert resp.status_code == status and resp.json()["error"]["code"] == code
+
+
+def test_two_users_at_once_are_both_served(fake_groq):
+    with _server(fake_groq) as url:
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            extracts = [pool.submit(httpx.post, f"{url}/api/extract", json={"note": c.note}, timeout=30)
+                        for c in SEED[:2]]
+            dictations = [pool.submit(_upload, url) for _ in range(2)]
+            responses = [f.result() for f in extracts + dictations]
+    assert [r.status_code for r in responses] == [200] * 4
+
+
+def test_key_never_reaches_the_page(fake_groq):
+    with _server(fake_groq) as url:
+        page = httpx.get(f"{url}/").text
+        status = httpx.get(f"{url}/api/status").text
+    assert KEY not in page and KEY not in status and 'id="dictate"' in page
+    assert json.loads(status)["models"]["tuned"]["model"] == "fake:tuned"
