@@ -89,7 +89,8 @@ def describe_output(text: str) -> dict:
     split = all(d is None or (isinstance(d, dict) and set(d) == {"value", "unit"}) for d in doses)
     checks = [
         {"rule": "JSON alone, no chatter", "ok": strict, "detail": "" if strict else "text around the JSON"},
-        {"rule": "resourceType", "ok": obj.get("resourceType") == RESOURCE_TYPE, "detail": str(obj.get("resourceType"))},
+        {"rule": "resourceType", "ok": obj.get("resourceType") == RESOURCE_TYPE,
+         "detail": str(obj.get("resourceType"))},
         {"rule": "age", "ok": age is None or isinstance(age, int),
          "detail": "null (no age stated)" if age is None else f"{age}"},
         {"rule": "doses split into value + unit", "ok": split,

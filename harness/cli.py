@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -34,7 +35,8 @@ def add_model_options(parser: argparse.ArgumentParser, adapter_help: str = "LoRA
     g.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
                    help="compute dtype (float32 for GPUs without bf16)")
     g.add_argument("--attn-implementation", default=None, help="e.g. eager (old GPUs) or sdpa")
-    g.add_argument("--merge-adapter", action="store_true", help="merge the adapter in memory (needs --quantization none)")
+    g.add_argument("--merge-adapter", action="store_true",
+                   help="merge the adapter in memory (needs --quantization none)")
 
 
 def spec_from_args(args, adapter: str | None = None):
@@ -86,8 +88,8 @@ def cmd_extract(args) -> int:
 
     from harness.generation import Generator
     from harness.models import GenerationSettings, HFBackend
-    from harness.scoring import parse_output
     from harness.schema import is_valid
+    from harness.scoring import parse_output
 
     if args.input in (None, "-"):
         rows = _read_notes(sys.stdin)
@@ -104,9 +106,8 @@ def cmd_extract(args) -> int:
     with tqdm(total=len(good), desc="extract", unit="note", file=sys.stderr) as bar:
         results = generator.run([note for _, note in good], on_done=bar.update)
     by_row = dict(zip((i for i, _ in good), results, strict=True))
-    out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
     failures = 0
-    try:
+    with open(args.output, "w", encoding="utf-8") if args.output else contextlib.nullcontext(sys.stdout) as out:
         for i, (row_id, _, err) in enumerate(rows):
             res = by_row.get(i)
             error = err or (res.error if res else None)
@@ -119,9 +120,6 @@ def cmd_extract(args) -> int:
                           "valid": strict and is_valid(obj), "seconds": round(res.generation.seconds, 3),
                           "cached": res.generation.cached}
             out.write(json.dumps(record, ensure_ascii=False) + "\n")
-    finally:
-        if out is not sys.stdout:
-            out.close()
     print(f"{len(rows) - failures} of {len(rows)} notes extracted"
           f"{f', {failures} failed (see error fields)' if failures else ''}", file=sys.stderr)
     return 1 if failures else 0
@@ -136,6 +134,7 @@ def cmd_train(args) -> int:
 
     overrides = {k: getattr(args, k) for k in ("learning_rate", "max_steps", "epochs", "batch_size", "grad_accum",
                                                "eval_steps", "rank", "alpha", "precision", "seed")}
+    overrides.update(quantization=args.quantization, attn_implementation=args.attn_implementation)
     if args.target_modules:
         overrides["target_modules"] = tuple(args.target_modules.split(","))
     config = profile(args.profile).override(base_model=args.base_model, **overrides)
@@ -170,6 +169,8 @@ def cmd_main(args) -> int:
     """The end-to-end job: dataset, quick QLoRA training, then the evaluation suite and its report."""
     import subprocess
 
+    from harness.settings import REFERENCE_BASELINE
+
     out = Path(args.out)
     data = out / "data"
     print(f"[1/3] dataset -> {data}", flush=True)
@@ -185,9 +186,8 @@ def cmd_main(args) -> int:
     pytest_args = [sys.executable, "-m", "pytest", "-m", "base or tuned", "--adapter", str(adapter),
                    "--base-model", args.base_model, "--report-dir", args.report_dir, "-q",
                    "-p", "no:cacheprovider"]
-    if args.baseline:
-        pytest_args += ["--baseline", args.baseline]
-    return subprocess.call(pytest_args)
+    baseline = args.baseline or (str(REFERENCE_BASELINE) if REFERENCE_BASELINE.is_file() else "none")
+    return subprocess.call([*pytest_args, "--baseline", baseline])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -223,6 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default=None,
                    help="fp32 turns mixed precision off (GPUs without bf16 such as the GTX 1070 Ti)")
     p.add_argument("--target-modules", default=None, help="comma-separated, e.g. q_proj,k_proj,v_proj,o_proj")
+    p.add_argument("--quantization", choices=("nf4", "none"), default=None,
+                   help="frozen base weights: nf4 (QLoRA, default) or none (plain LoRA)")
+    p.add_argument("--attn-implementation", default=None, help="e.g. eager for old GPUs")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("serve", help="the manual testing page: type or dictate a note, see the JSON")

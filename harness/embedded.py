@@ -48,9 +48,8 @@ def converted_gguf(gguf: Path, cache_dir: Path) -> Path:
     folder = cache_dir / "models" / f"{gguf.stem}-{digest[:16]}"
     if (folder / "sunrise-source.json").is_file():
         return folder
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
     import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     gguf_model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)

@@ -57,7 +57,8 @@ class Transcriber:
                                                         "is 25 MB. Record a shorter note.")
         ext = audio_extension(mime)
         if ext is None:
-            raise TranscriptionError("not_audio", 415, f"The upload is not audio Whisper accepts ({mime or 'no type'}).")
+            raise TranscriptionError("not_audio", 415,
+                                     f"The upload is not audio Whisper accepts ({mime or 'no type'}).")
         if not data:
             raise TranscriptionError("not_audio", 415, "The recording is empty. Try dictating again.")
         return ext

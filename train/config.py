@@ -29,6 +29,7 @@ class TrainConfig:
     precision: Precision = "auto"  # auto: bf16 where the GPU or CPU has bf16 units, else fp32 (GTX 10xx)
     attn_implementation: str | None = None  # "eager" for old GPUs
     gradient_checkpointing: bool = False  # saves GPU memory on large bases, costs ~30% speed
+    adapter_dtype: Literal["float16", "float32"] = "float16"  # saved weights: float16 halves the file
     seed: int = 0
     dataset_seed: int = 0  # the dataset generated when no --data is given
     train_records: int = 450

@@ -163,8 +163,7 @@ def train(config: TrainConfig, out_dir: Path, data_dir: Path | None = None, resu
         callbacks=[JsonlLogCallback(log_path), *callbacks],
     )
     last = _last_checkpoint(checkpoints) if resume else None
-    if last is None:
-        log_path.unlink(missing_ok=True)
+    _keep_log_until(log_path, int(last.name.rsplit("-", 1)[-1]) if last else 0)
     t0 = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(last) if last else None)
     wall = time.perf_counter() - t0
@@ -172,14 +171,40 @@ def train(config: TrainConfig, out_dir: Path, data_dir: Path | None = None, resu
         # The adapter names its base by canonical name, which the harness checks at load time.
         model.peft_config["default"].base_model_name_or_path = resolved.name
         model.save_pretrained(str(out_dir), safe_serialization=True, save_embedding_layers=False)
+        _cast_adapter(out_dir / "adapter_model.safetensors", config.adapter_dtype)
         history = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
         write_png(loss_curve_png(history, held_out=HELD_OUT.conditions[:4]), out_dir / "loss_curve.png")
         manifest = _manifest(config, precision, resolved, data_dir, len(train_ds), len(val_ds), trainable,
                              history, wall, out_dir, trainer.state.num_input_tokens_seen)
         (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         shutil.rmtree(checkpoints, ignore_errors=True)
-        return manifest
-    return {}
+    else:
+        manifest = {}
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()  # torchrun/accelerate: leave no process group behind
+    return manifest
+
+
+def _cast_adapter(path: Path, dtype: str) -> None:
+    """Store the LoRA weights in `dtype` (loading casts them back to the model's dtype)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(path))
+    target = getattr(torch, dtype)
+    if all(t.dtype == target for t in tensors.values()):
+        return
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.to(target).contiguous() for k, v in tensors.items()}, str(tmp), metadata={"format": "pt"})
+    tmp.replace(path)
+
+
+def _keep_log_until(log_path: Path, step: int) -> None:
+    """On resume, drop log rows past the checkpoint (that work is redone); on a fresh start, all rows."""
+    if not log_path.is_file():
+        return
+    rows = [line for line in log_path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    log_path.write_text("".join(row + "\n" for row in rows))
 
 
 def _last_checkpoint(folder: Path) -> Path | None:

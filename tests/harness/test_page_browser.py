@@ -12,7 +12,7 @@ from harness.settings import REFERENCE_ADAPTER
 from harness.transcribe import Transcriber
 from scenarios import SEED
 from tests.browser import browser, screenshot
-from tests.fakes.groq import KEY, FakeGroq
+from tests.fakes.groq import KEY
 from tests.fakes.servers import running
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
@@ -29,14 +29,6 @@ def spoken_note(tmp_path):
                    check=True)
     assert wav.read_bytes()[:4] == b"RIFF"
     return wav
-
-
-@pytest.fixture
-def fake_groq():
-    fake = FakeGroq()
-    with running(fake.app()) as url:
-        fake.url = url
-        yield fake
 
 
 def _mic(wav):

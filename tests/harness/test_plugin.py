@@ -125,3 +125,17 @@ def test_broken_adapter_fails_every_tuned_test_with_one_clear_message(project, t
     result = _run(project, "-m", "tuned", "--adapter", str(adapter), "-k", "seed-1 and age")
     assert result.ret == 1
     result.stdout.fnmatch_lines(["*tuned model could not be loaded*pickled adapter_model.bin*"])
+
+
+def test_interrupted_run_leaves_a_valid_report_marked_incomplete(project):
+    fake = _outputs(project.path / "fake.json")
+    (project.path / "tests" / "conftest.py").write_text(
+        "def pytest_runtest_call(item):\n"
+        "    if 'tuned-' in item.name:\n"
+        "        raise KeyboardInterrupt\n")
+    result = _run(project, "-m", "base or tuned", "--fake-outputs", str(fake))
+    assert result.ret == 2  # interrupted
+    summary = json.loads(next((project.path / "reports").glob("*/summary.json")).read_text())
+    assert summary["complete"] is False and summary["roles"]["base"]["scenarios"]
+    html = next((project.path / "reports").glob("*/report.html")).read_text()
+    assert 'id="incomplete"' in html and "</html>" in html

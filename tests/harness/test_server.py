@@ -12,18 +12,10 @@ from harness.schema import dumps
 from harness.server import create_app
 from harness.transcribe import Transcriber
 from scenarios import SEED
-from tests.fakes.groq import KEY, FakeGroq
+from tests.fakes.groq import KEY
 from tests.fakes.servers import free_port, running
 
 WEBM = b"\x1aE\xdf\xa3" + b"\x00" * 2000  # an EBML header, as MediaRecorder's webm starts
-
-
-@pytest.fixture
-def fake_groq():
-    fake = FakeGroq()
-    with running(fake.app()) as url:
-        fake.url = url
-        yield fake
 
 
 def _server(fake_groq=None, key=KEY, timeout=5.0, base_url=None):
@@ -129,12 +121,11 @@ def test_bad_notes_get_a_message_not_a_500(payload, status, code):
 
 
 def test_two_users_at_once_are_both_served(fake_groq):
-    with _server(fake_groq) as url:
-        with concurrent.futures.ThreadPoolExecutor(4) as pool:
-            extracts = [pool.submit(httpx.post, f"{url}/api/extract", json={"note": c.note}, timeout=30)
-                        for c in SEED[:2]]
-            dictations = [pool.submit(_upload, url) for _ in range(2)]
-            responses = [f.result() for f in extracts + dictations]
+    with _server(fake_groq) as url, concurrent.futures.ThreadPoolExecutor(4) as pool:
+        extracts = [pool.submit(httpx.post, f"{url}/api/extract", json={"note": c.note}, timeout=30)
+                    for c in SEED[:2]]
+        dictations = [pool.submit(_upload, url) for _ in range(2)]
+        responses = [f.result() for f in extracts + dictations]
     assert [r.status_code for r in responses] == [200] * 4
 
 

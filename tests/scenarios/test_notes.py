@@ -5,7 +5,7 @@ import re
 from hypothesis import given
 
 from harness.schema import schema_errors
-from scenarios import CURATED, SEED, HELD_OUT, TRAIN
+from scenarios import CURATED, HELD_OUT, SEED, TRAIN
 from scenarios.notes import dictate, number_words
 from scenarios.strategies import clinical_cases
 

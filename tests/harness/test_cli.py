@@ -1,0 +1,67 @@
+"""The `sunrise` command: clear errors for bad input, and `extract` end to end on the real model."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from harness.cli import _read_notes, main
+from harness.settings import REFERENCE_ADAPTER
+from scenarios import SEED
+
+
+def test_missing_model_is_one_clear_line(tmp_path, capsys):
+    notes = tmp_path / "notes.jsonl"
+    notes.write_text('{"id": "a", "note": "Pt X, 40y."}\n')
+    code = main(["extract", "--input", str(notes), "--base-model", str(tmp_path / "no-such-model")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "does not exist" in err and "Traceback" not in err
+
+
+def test_refused_adapter_and_unreadable_input(tmp_path, capsys):
+    (tmp_path / "ad").mkdir()
+    (tmp_path / "ad" / "adapter_model.bin").write_bytes(b"x")
+    assert main(["extract", "--input", str(tmp_path / "missing.jsonl")]) == 2
+    assert "cannot read --input" in capsys.readouterr().err
+    notes = tmp_path / "n.jsonl"
+    notes.write_text("Pt X\n")
+    assert main(["extract", "--input", str(notes), "--adapter", str(tmp_path / "ad")]) == 2
+    assert "pickled" in capsys.readouterr().err
+
+
+def test_input_lines_jsonl_plain_text_and_malformed():
+    rows = _read_notes(['{"id": "a", "note": "first"}\n', "\n", "a plain note\n", '{"id": "b"}\n', '{"note": 5}\n'])
+    assert rows[0] == ("a", "first", None) and rows[1] == ("3", "a plain note", None)
+    assert rows[2][2].startswith("line 4: not a") and rows[3][2].startswith("line 5: not a")
+
+
+def test_usage_errors_exit_2():
+    with pytest.raises(SystemExit) as exc:
+        main(["extract", "--batch-size", "0"])
+    assert exc.value.code == 2
+
+
+@pytest.mark.slow
+def test_extract_seed_notes_base_and_tuned(tmp_path):
+    if not (REFERENCE_ADAPTER / "adapter_model.safetensors").is_file():
+        pytest.skip("reference adapter not built yet")
+    notes = tmp_path / "notes.jsonl"
+    lines = [json.dumps({"id": c.id, "note": c.note}) for c in SEED] + ['{"id": "empty", "note": "  "}', "{oops"]
+    notes.write_text("\n".join(lines) + "\n")
+    for adapter, name in ((None, "base"), (str(REFERENCE_ADAPTER), "tuned")):
+        out = tmp_path / f"{name}.jsonl"
+        cmd = [sys.executable, "-m", "harness.cli", "extract", "--input", str(notes), "--output", str(out)]
+        proc = subprocess.run(cmd + (["--adapter", adapter] if adapter else []), capture_output=True, text=True)
+        assert proc.returncode == 1, proc.stderr[-2000:]  # two bad lines: exit code says so, the rest is done
+        assert "5 of 7 notes extracted, 2 failed" in proc.stderr and "extract" in proc.stderr  # progress bar
+        records = [json.loads(line) for line in out.read_text().splitlines()]
+        assert [r["id"] for r in records] == [c.id for c in SEED] + ["empty", "7"]
+        assert records[5]["error"] == "the note is empty" and "not a" in records[6]["error"]
+        for r in records[:5]:
+            assert set(r) >= {"id", "output", "json", "valid", "seconds"} and isinstance(r["output"], str)
+        valid = sum(r["valid"] for r in records[:5])
+        if name == "base":
+            assert valid == 0
+        else:
+            assert valid >= 4

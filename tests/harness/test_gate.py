@@ -1,0 +1,77 @@
+"""The gate's statistics (fast), and a deliberately damaged adapter failing it for real (slow)."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from harness.gate import Thresholds, bootstrap_diff, compare, sign_test_p
+from harness.settings import REFERENCE_BASELINE
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_sign_test_matches_hand_computed_binomial_tails():
+    assert sign_test_p(0, 0) == 1.0
+    assert sign_test_p(1, 0) == 0.5
+    assert sign_test_p(5, 0) == pytest.approx(1 / 32)
+    assert sign_test_p(5, 1) == pytest.approx(7 / 64)  # P(X>=5 | n=6) = (6 + 1) / 64
+    assert sign_test_p(0, 5) == 1.0
+
+
+def test_bootstrap_is_paired_seeded_and_brackets_the_mean():
+    new, old = [1.0, 0.9, 0.8, 1.0], [1.0, 1.0, 1.0, 1.0]
+    mean, lo, hi = bootstrap_diff(new, old)
+    assert mean == pytest.approx(-0.075) and lo <= mean <= hi and hi <= 0
+    assert bootstrap_diff(new, old) == (mean, lo, hi)
+    with pytest.raises(ValueError):
+        bootstrap_diff([1.0], [])
+
+
+def _runs(n, flips_to_fail=0, flips_to_pass=0, f1_drop=0.0):
+    old = {f"s{i}": {"passed": i >= flips_to_pass, "f1": 1.0} for i in range(n)}
+    new = {f"s{i}": {"passed": True, "f1": 1.0 - f1_drop} for i in range(n)}
+    for i in range(n - flips_to_fail, n):
+        new[f"s{i}"]["passed"] = False
+    return new, old
+
+
+def test_compare_flags_many_flips_but_not_one():
+    assert not compare(*_runs(100, flips_to_fail=1)).worse
+    worse = compare(*_runs(100, flips_to_fail=6))
+    assert worse.worse and worse.flipped_to_fail == ["s94", "s95", "s96", "s97", "s98", "s99"]
+    assert not compare(*_runs(100, flips_to_fail=6, flips_to_pass=6)).worse  # balanced: noise
+    assert compare(*_runs(30, f1_drop=0.1)).worse  # every scenario lost F1: the interval excludes 0
+
+
+def test_thresholds_validate_and_report_misses(tmp_path):
+    with pytest.raises(ValueError, match="in \\[0, 1\\]"):
+        Thresholds(field_f1=2)
+    (tmp_path / "pyproject.toml").write_text("[tool.sunrise.thresholds]\nfield_f1 = 0.5\nbogus = 1\n")
+    with pytest.raises(ValueError, match="unknown threshold.*bogus"):
+        Thresholds.from_pyproject(tmp_path / "pyproject.toml")
+    misses = Thresholds().misses({"json_valid": 1, "schema_valid": 0.9, "null_age": 1, "med_count": 1,
+                                  "field_f1": 0.99})
+    assert misses == {"schema_valid": (0.9, 0.98)}
+
+
+@pytest.mark.slow
+def test_damaged_adapter_fails_the_gate_against_the_reference_baseline(pytester):
+    """An adapter trained for a handful of steps fails against the reference run, flips named."""
+    if not REFERENCE_BASELINE.is_file():
+        pytest.skip("reference baseline not recorded yet")
+    from train import profile, train
+
+    damaged = pytester.path / "damaged"
+    train(profile("quick").override(max_steps=2, eval_steps=2, train_records=8, val_records=2, batch_size=2,
+                                    grad_accum=1, warmup_steps=0), damaged)
+    (pytester.path / "tests").mkdir()
+    shutil.copy(ROOT / "tests" / "evaluation" / "test_models.py", pytester.path / "tests")
+    shutil.copy(ROOT / "pyproject.toml", pytester.path)
+    result = pytester.runpytest_subprocess(
+        "-p", "harness.pytest_plugin", "-p", "no:cacheprovider", "-m", "tuned", "-k", "not hypothesis",
+        "--adapter", str(damaged), "--baseline", str(REFERENCE_BASELINE), "--scenario-sets", "seed,curated",
+        "--report-dir", str(pytester.path / "reports"))
+    assert result.ret == 1
+    result.stdout.fnmatch_lines(["*gate: FAILED*", "*worse than baseline:*flipped pass->fail*",
+                                 "*flipped pass->fail: *seed-1*", "*FAILED*test_not_worse_than_baseline*"])
