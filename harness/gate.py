@@ -16,7 +16,12 @@ from pathlib import Path
 
 @dataclass(frozen=True)
 class Thresholds:
-    """Floors for the tuned model; defaults here, overridden by [tool.sunrise.thresholds] in pyproject.toml."""
+    """Metric levels for the tuned model, read from a [tool.sunrise.<table>] of pyproject.toml.
+
+    Two tables use this shape: `thresholds`, the gate's floors (missing one fails the run), and
+    `targets`, the quality the project aims at (shown in every report, never failing a run). The
+    defaults here are the targets.
+    """
 
     json_valid: float = 1.0  # outputs that are one JSON document alone
     schema_valid: float = 0.98
@@ -31,14 +36,14 @@ class Thresholds:
                 raise ValueError(f"threshold {f.name} must be a number in [0, 1], got {value!r}")
 
     @classmethod
-    def from_pyproject(cls, path: Path) -> Thresholds:
-        table = {}
+    def from_pyproject(cls, path: Path, table: str = "thresholds") -> Thresholds:
+        values = {}
         if Path(path).is_file():
-            table = tomllib.loads(Path(path).read_text()).get("tool", {}).get("sunrise", {}).get("thresholds", {})
-        unknown = sorted(set(table) - {f.name for f in fields(cls)})
+            values = tomllib.loads(Path(path).read_text()).get("tool", {}).get("sunrise", {}).get(table, {})
+        unknown = sorted(set(values) - {f.name for f in fields(cls)})
         if unknown:
-            raise ValueError(f"unknown threshold(s) in {path} [tool.sunrise.thresholds]: {', '.join(unknown)}")
-        return cls(**table)
+            raise ValueError(f"unknown metric(s) in {path} [tool.sunrise.{table}]: {', '.join(unknown)}")
+        return cls(**values)
 
     def with_overrides(self, overrides: dict[str, float]) -> Thresholds:
         return Thresholds(**{**asdict(self), **overrides})

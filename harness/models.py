@@ -22,6 +22,9 @@ from harness.schema import dumps, empty_summary
 from harness.settings import cache_root
 
 EMBEDDED = "embedded"
+# max_new_tokens = schema skeleton + ANSWER_BOUND[0] x note tokens + ANSWER_BOUND[1]; part of the model
+# identity, so cached outputs made under another bound are never reused.
+ANSWER_BOUND = (3, 16)
 Quantization = Literal["none", "nf4"]
 DType = Literal["float32", "bfloat16", "float16"]
 
@@ -302,6 +305,7 @@ class HFBackend:
                                             self.tokenizer.eos_token_id) if isinstance(i, int) and i >= 0})
         self.context_length = int(getattr(self.model.config, "max_position_embeddings", 2048))
         self.skeleton_tokens = len(self.tokenizer(dumps(empty_summary()))["input_ids"])
+        self.template_tokens = len(self.encode([""])[0])  # system prompt and chat markup around a note
         self.identity = {
             "model": self.resolved.name,
             "weights_sha256": self.resolved.weights_sha256,
@@ -310,16 +314,18 @@ class HFBackend:
             "quantization": spec.quantization,
             "dtype": spec.dtype,
             "merged": spec.merge_adapter,
+            "answer_bound": list(ANSWER_BOUND),
         }
         self.load_seconds = time.perf_counter() - t0
 
-    def max_new_tokens(self, note_tokens: int, settings: GenerationSettings) -> int:
+    def max_new_tokens(self, prompt_tokens: int, settings: GenerationSettings) -> int:
         """Every value in a summary is copied from the note, so an answer needs at most the schema's
         skeleton plus the note's tokens again, and the per-entry keys around them (measured on the
         dataset: at most 2.5 answer tokens per note token beyond the skeleton). A looping model stops here."""
         if settings.max_new_tokens is not None:
             return settings.max_new_tokens
-        return self.skeleton_tokens + 3 * note_tokens + 16
+        per_note_token, margin = ANSWER_BOUND
+        return self.skeleton_tokens + per_note_token * max(0, prompt_tokens - self.template_tokens) + margin
 
     def encode(self, notes: list[str]) -> list[list[int]]:
         prompts = [render_prompt(self.tokenizer, n) for n in notes]

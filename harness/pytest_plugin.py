@@ -77,13 +77,15 @@ def pytest_configure(config):
     elif baseline == "none":
         baseline = None
     try:
-        thresholds = Thresholds.from_pyproject(Path(config.rootpath) / "pyproject.toml").with_overrides(
-            dict(config.getoption("--threshold")))
+        pyproject = Path(config.rootpath) / "pyproject.toml"
+        thresholds = Thresholds.from_pyproject(pyproject).with_overrides(dict(config.getoption("--threshold")))
+        targets = Thresholds.from_pyproject(pyproject, table="targets")
         options = SuiteOptions(
             base_model=config.getoption("--base-model"), adapter=adapter,
             quantization=config.getoption("--quantization"),
             scenario_sets=tuple(s for s in config.getoption("--scenario-sets").split(",") if s),
             test_split_size=config.getoption("--test-split-size"), baseline=baseline, thresholds=thresholds,
+            targets=targets,
             report_dir=config.getoption("--report-dir"), cache=not config.getoption("--no-generation-cache"),
             settings=GenerationSettings(), fake_outputs=config.getoption("--fake-outputs"),
         )

@@ -43,6 +43,8 @@ def gate_lines(summary: dict) -> list[str]:
     lines = [f"gate: {'PASSED' if gate['passed'] else 'FAILED'}"]
     for name, (value, floor) in gate["threshold_misses"].items():
         lines.append(f"  threshold missed: {name} = {value:.3f} < {floor:.3f}")
+    for name, (value, target) in gate.get("targets_not_met", {}).items():
+        lines.append(f"  target not yet met (reported, not gating): {name} = {value:.3f} < target {target:.3f}")
     for name, (tuned, base) in gate["worse_than_base"].items():
         lines.append(f"  worse than base: {name} = {tuned:.3f} < base {base:.3f}")
     comp = gate.get("comparison")

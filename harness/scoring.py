@@ -42,11 +42,12 @@ class FieldCounts:
 
     @property
     def precision(self) -> float:
-        return self.tp / (self.tp + self.fp) if self.tp + self.fp else 1.0
+        """No predictions: perfect only if nothing was expected either."""
+        return self.tp / (self.tp + self.fp) if self.tp + self.fp else float(self.fn == 0)
 
     @property
     def recall(self) -> float:
-        return self.tp / (self.tp + self.fn) if self.tp + self.fn else 1.0
+        return self.tp / (self.tp + self.fn) if self.tp + self.fn else float(self.fp == 0)
 
     @property
     def f1(self) -> float:
@@ -296,7 +297,7 @@ def aggregate(scores: list[CaseScore]) -> Aggregate:
         "chatty": sum(s.chatty for s in scores) / len(scores) if scores else 0.0,
         "schema_valid": _rate([s.schema_valid for s in scores]),
         "resource_type": _rate([s.resource_type_ok for s in scores]),
-        "no_invented_keys": _rate([not s.invented_keys for s in scores]),
+        "no_invented_keys": _rate([s.lenient_json and not s.invented_keys for s in scores]),
         "null_age": _rate(null_age),
         "stated_age": _rate(stated_age),
         "dose_split": sum(s.doses_ok for s in scores) / doses_total if doses_total else 1.0,

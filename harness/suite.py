@@ -37,7 +37,8 @@ class SuiteOptions:
     scenario_sets: tuple[str, ...] = SCENARIO_SETS
     test_split_size: int = 100
     baseline: Path | None = None
-    thresholds: Thresholds = field(default_factory=Thresholds)
+    thresholds: Thresholds = field(default_factory=Thresholds)  # the gate's floors
+    targets: Thresholds = field(default_factory=Thresholds)  # the quality aimed at: reported, never failing
     report_dir: Path = Path("reports")
     cache: bool = True
     settings: GenerationSettings = field(default_factory=GenerationSettings)
@@ -151,6 +152,7 @@ class Suite:
             },
             "generation_settings": self.options.settings.to_dict(),
             "thresholds": asdict(self.options.thresholds),
+            "targets": asdict(self.options.targets),
             "versions": versions(),
             "roles": roles,
             "gate": self.gate_summary(),
@@ -171,6 +173,7 @@ class Suite:
         return {
             "passed": not misses and not (comparison and comparison.worse) and not worse_than_base,
             "threshold_misses": misses,
+            "targets_not_met": self.options.targets.misses(self.metrics("tuned")),
             "worse_than_base": worse_than_base,
             "baseline": str(self.options.baseline) if self.options.baseline else None,
             "comparison": comparison.to_dict() if comparison else None,

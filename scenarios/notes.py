@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from harness.schema import RESOURCE_TYPE
-from scenarios.vocab import Drug, Vocabulary
+from scenarios.vocab import Vocabulary
 
 T = TypeVar("T")
 
@@ -135,45 +135,15 @@ def _distractor(c: Chooser) -> str:
     return c.choice(DISTRACTORS).format(x=c.integer(60, 180), y=c.integer(50, 110), d=c.integer(2, 9))
 
 
-SYLLABLES = ("ba", "del", "cor", "vi", "nar", "tel", "mo", "qui", "ren", "sa", "tor", "lu", "fen", "gra", "pol",
-             "xe", "dri", "ost", "ka", "zem", "ul", "bri", "han", "tes")
-DRUG_SUFFIXES = ("cillin", "pril", "statin", "olol", "azole", "mab", "vir", "dronate", "xaban", "tide")
-CONDITION_FORMS = ("{w}itis", "{w}osis", "{w} syndrome", "{w} disease", "{w}algia", "{w} palsy")
-INVENTED_DOSES = ((5, "mg"), (10, "mg"), (250, "mg"), (500, "mg"), (1, "g"), (100, "mcg"), (5, "ml"), (10, "units"))
-
-
-def _invented_word(c: Chooser, vocab: Vocabulary, syllables: int) -> str:
-    word = "".join(c.choice(SYLLABLES) for _ in range(syllables))
-    return word + "n" if word in vocab.avoid else word
-
-
-def _invented(c: Chooser, vocab: Vocabulary, real, make):
-    """`real` unchanged, or (with probability vocab.invented) a made-up stand-in from `make`."""
-    if vocab.invented and c.chance(vocab.invented):
-        return make()
-    return real
-
-
 def draw_case(c: Chooser, vocab: Vocabulary, case_id: str = "case") -> Case:
     """Draw one note and its expected summary from `vocab`."""
     dictation = c.chance(0.15)
     has_name, has_age, has_gender = not c.chance(0.3), not c.chance(0.45), not c.chance(0.5)
-    name = None
-    if has_name:
-        first = _invented(c, vocab, c.choice(vocab.first_names),
-                          lambda: _invented_word(c, vocab, c.integer(2, 3)).capitalize())
-        last = _invented(c, vocab, c.choice(vocab.last_names),
-                         lambda: _invented_word(c, vocab, c.integer(2, 3)).capitalize())
-        name = f"{first} {last}"
+    name = f"{c.choice(vocab.first_names)} {c.choice(vocab.last_names)}" if has_name else None
     age = c.integer(18, 95) if has_age else None
     gender = c.choice(("male", "female")) if has_gender else None
-    reasons = [_invented(c, vocab, r, lambda: c.choice(CONDITION_FORMS).format(w=_invented_word(c, vocab, 2)))
-               for r in c.sample(vocab.conditions, c.integer(1, 3))]
-    reasons = list(dict.fromkeys(reasons))  # an invented stand-in could repeat: no duplicates
-    drugs = [_invented(c, vocab, d, lambda: Drug(
-        (_invented_word(c, vocab, 2) + c.choice(DRUG_SUFFIXES)).capitalize(), INVENTED_DOSES))
-        for d in c.sample(vocab.drugs, c.integer(0, 4))]
-    drugs = list({d.name: d for d in drugs}.values())
+    reasons = c.sample(vocab.conditions, c.integer(1, 3))
+    drugs = c.sample(vocab.drugs, c.integer(0, 4))
 
     intro = ""
     if name is not None:

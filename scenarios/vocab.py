@@ -19,11 +19,6 @@ class Vocabulary:
     drugs: tuple[Drug, ...]
     first_names: tuple[str, ...]
     last_names: tuple[str, ...]
-    # Chance that a name, condition or drug is replaced by an invented word. Invented words cannot be
-    # memorised, so a model trained on them must learn to copy from the note: that is what carries
-    # over to held-out concepts.
-    invented: float = 0.0
-    avoid: frozenset[str] = frozenset()  # words an invented one must never be (the held-out terms)
 
     def terms(self) -> dict[str, tuple[str, ...]]:
         """Every concept and name, by kind, for leakage checks."""
@@ -34,46 +29,6 @@ class Vocabulary:
             "last name": self.last_names,
         }
 
-
-HELD_OUT = Vocabulary(
-    name="held-out",
-    conditions=(
-        "COVID-19", "fractured wrist", "hip fracture", "pneumonia", "fever", "sore throat",
-        "loss of smell", "cellulitis", "UTI", "appendicitis", "sprained ankle", "otitis media",
-        "bronchitis", "influenza", "shingles", "conjunctivitis", "kidney stones", "dehydration",
-        "rib fracture", "tonsillitis", "persistent cough", "wheeze", "vomiting", "rash on arms",
-    ),
-    drugs=(
-        Drug("Paxlovid", ((300, "mg"),)),
-        Drug("Amoxicillin", ((500, "mg"), (250, "mg"))),
-        Drug("Azithromycin", ((250, "mg"), (500, "mg"))),
-        Drug("Dexamethasone", ((6, "mg"),)),
-        Drug("Ceftriaxone", ((1, "g"), (2, "g"))),
-        Drug("Oseltamivir", ((75, "mg"),)),
-        Drug("Nitrofurantoin", ((100, "mg"),)),
-        Drug("Cefalexin", ((500, "mg"),)),
-        Drug("Doxycycline", ((100, "mg"),)),
-        Drug("Prednisolone", ((40, "mg"), (30, "mg"))),
-        Drug("Enoxaparin", ((40, "mg"),)),
-        Drug("Tramadol", ((50, "mg"),)),
-        Drug("Aciclovir", ((800, "mg"),)),
-        Drug("Morphine sulfate", ((10, "mg"), (5, "ml"))),
-        Drug("Ondansetron", ((4, "mg"),)),
-        Drug("Clarithromycin", ((500, "mg"),)),
-        Drug("Oral rehydration salts", ((200, "ml"),)),
-        Drug("Vitamin D3", ((1000, "units"), (25, "mcg"))),
-        Drug("Heparin", ((5000, "units"),)),
-        Drug("Chloramphenicol eye drops", ((0.5, "ml"),)),
-    ),
-    first_names=(
-        "Pete", "Sarah", "Paul", "Dave", "Aisha", "Mateo", "Ingrid", "Kwame", "Yuki", "Fatima",
-        "Oleg", "Priya", "Sean", "Lucia", "Tariq", "Greta", "Hamid", "Noor", "Rosa", "Emeka",
-    ),
-    last_names=(
-        "Jones", "Connor", "Bunyon", "Smith", "Abara", "Novak", "Quinn", "Haddad", "Van Dijk", "Sorensen",
-        "Mbeki", "Rossi", "Kaur", "Delacroix", "Yilmaz", "Ivanova", "Gallagher", "Mendes",
-    ),
-)
 
 TRAIN = Vocabulary(
     name="train",
@@ -114,6 +69,44 @@ TRAIN = Vocabulary(
         "Doe", "Ashworth", "Walker", "Hughes", "Patel", "Okafor", "Lindqvist", "Moreau", "Tanaka",
         "Kowalski", "Brennan", "Harlow", "Ferreira", "Nakamura", "Whitfield", "Osei", "Castillo", "Reyes",
     ),
-    invented=0.35,
-    avoid=frozenset(t.casefold() for terms in HELD_OUT.terms().values() for t in terms),
+)
+
+HELD_OUT = Vocabulary(
+    name="held-out",
+    conditions=(
+        "COVID-19", "fractured wrist", "hip fracture", "pneumonia", "fever", "sore throat",
+        "loss of smell", "cellulitis", "UTI", "appendicitis", "sprained ankle", "otitis media",
+        "bronchitis", "influenza", "shingles", "conjunctivitis", "kidney stones", "dehydration",
+        "rib fracture", "tonsillitis", "persistent cough", "wheeze", "vomiting", "rash on arms",
+    ),
+    drugs=(
+        Drug("Paxlovid", ((300, "mg"),)),
+        Drug("Amoxicillin", ((500, "mg"), (250, "mg"))),
+        Drug("Azithromycin", ((250, "mg"), (500, "mg"))),
+        Drug("Dexamethasone", ((6, "mg"),)),
+        Drug("Ceftriaxone", ((1, "g"), (2, "g"))),
+        Drug("Oseltamivir", ((75, "mg"),)),
+        Drug("Nitrofurantoin", ((100, "mg"),)),
+        Drug("Cefalexin", ((500, "mg"),)),
+        Drug("Doxycycline", ((100, "mg"),)),
+        Drug("Prednisolone", ((40, "mg"), (30, "mg"))),
+        Drug("Enoxaparin", ((40, "mg"),)),
+        Drug("Tramadol", ((50, "mg"),)),
+        Drug("Aciclovir", ((800, "mg"),)),
+        Drug("Morphine sulfate", ((10, "mg"), (5, "ml"))),
+        Drug("Ondansetron", ((4, "mg"),)),
+        Drug("Clarithromycin", ((500, "mg"),)),
+        Drug("Oral rehydration salts", ((200, "ml"),)),
+        Drug("Vitamin D3", ((1000, "units"), (25, "mcg"))),
+        Drug("Heparin", ((5000, "units"),)),
+        Drug("Chloramphenicol eye drops", ((0.5, "ml"),)),
+    ),
+    first_names=(
+        "Pete", "Sarah", "Paul", "Dave", "Aisha", "Mateo", "Ingrid", "Kwame", "Yuki", "Fatima",
+        "Oleg", "Priya", "Sean", "Lucia", "Tariq", "Greta", "Hamid", "Noor", "Rosa", "Emeka",
+    ),
+    last_names=(
+        "Jones", "Connor", "Bunyon", "Smith", "Abara", "Novak", "Quinn", "Haddad", "Van Dijk", "Sorensen",
+        "Mbeki", "Rossi", "Kaur", "Delacroix", "Yilmaz", "Ivanova", "Gallagher", "Mendes",
+    ),
 )

@@ -102,6 +102,7 @@ def train(config: TrainConfig, out_dir: Path, data_dir: Path | None = None, resu
         data_dir = out_dir / "data"
         write_dataset(data_dir, SplitSizes(config.train_records, config.val_records, 0), config.dataset_seed)
     data_dir = Path(data_dir)
+    data_sha256 = dataset_hash(data_dir)  # hashed as read: the manifest names the data the adapter saw
     train_cases, val_cases = read_cases(data_dir / "train.jsonl"), read_cases(data_dir / "val.jsonl")
 
     precision = _precision(config)
@@ -172,9 +173,10 @@ def train(config: TrainConfig, out_dir: Path, data_dir: Path | None = None, resu
         model.peft_config["default"].base_model_name_or_path = resolved.name
         model.save_pretrained(str(out_dir), safe_serialization=True, save_embedding_layers=False)
         _cast_adapter(out_dir / "adapter_model.safetensors", config.adapter_dtype)
+        (out_dir / "README.md").unlink(missing_ok=True)  # peft's empty model-card template
         history = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
         write_png(loss_curve_png(history, held_out=HELD_OUT.conditions[:4]), out_dir / "loss_curve.png")
-        manifest = _manifest(config, precision, resolved, data_dir, len(train_ds), len(val_ds), trainable,
+        manifest = _manifest(config, precision, resolved, data_sha256, len(train_ds), len(val_ds), trainable,
                              history, wall, out_dir, trainer.state.num_input_tokens_seen)
         (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         shutil.rmtree(checkpoints, ignore_errors=True)
@@ -214,7 +216,7 @@ def _last_checkpoint(folder: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def _manifest(config, precision, resolved, data_dir, n_train, n_val, trainable, history, wall, out_dir,
+def _manifest(config, precision, resolved, data_sha256, n_train, n_val, trainable, history, wall, out_dir,
               tokens_seen) -> dict:
     train_losses = [h["train_loss"] for h in history if h.get("train_loss") is not None]
     val_losses = [h["val_loss"] for h in history if h.get("val_loss") is not None]
@@ -225,7 +227,7 @@ def _manifest(config, precision, resolved, data_dir, n_train, n_val, trainable, 
                           "from the profile given as an option; the same machine class gives the same "
                           "validation loss within noise"),
         "base_model": {"name": resolved.name, "weights_sha256": resolved.weights_sha256},
-        "dataset": {"sha256": dataset_hash(data_dir), "train": n_train, "val": n_val,
+        "dataset": {"sha256": data_sha256, "train": n_train, "val": n_val,
                     "held_out_concepts": list(HELD_OUT.conditions)},
         "hyperparameters": {**config.to_dict(), "precision_used": precision},
         "trainable_parameters": trainable,
@@ -234,7 +236,7 @@ def _manifest(config, precision, resolved, data_dir, n_train, n_val, trainable, 
         "tokens_seen": int(tokens_seen),
         # Training throughput (forward + backward, non-padding tokens), evaluations excluded: the median
         # of the per-step rates in the log.
-        "tokens_per_second": statistics.median(rates) if rates else None,
+        "tokens_per_second": round(statistics.median(rates), 1) if rates else None,
         "steps": history[-1]["step"] if history else 0,
         "final_train_loss": train_losses[-1] if train_losses else None,
         "final_val_loss": val_losses[-1] if val_losses else None,

@@ -1,11 +1,17 @@
 """Training: loss masking, configuration, and (slow) real QLoRA runs that lower the loss and resume."""
 
 import json
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
 from harness.models import resolve_base
+from scenarios.splits import SplitSizes
 from train.config import PROFILES, TrainConfig, profile
+from train.dataset import dataset_hash, write_dataset
 from train.trainer import IGNORE, PadCollator, encode_example
 
 
@@ -53,15 +59,31 @@ def test_loss_only_on_the_answer(tokenizer):
     assert ex["labels"][: len(masked)] == [IGNORE] * len(masked)  # the mask is a prefix
 
 
-TINY = dict(train_records=16, val_records=4, batch_size=2, grad_accum=1, warmup_steps=0, learning_rate=2e-3)
+def _sunrise(*args, **kwargs) -> subprocess.Popen:
+    """Training runs in its own process, as users run it (and as bitsandbytes' CPU state expects)."""
+    return subprocess.Popen([sys.executable, "-m", "harness.cli", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    data = tmp_path_factory.mktemp("tiny")
+    write_dataset(data, SplitSizes(train=16, val=4, test=0))
+    return data
+
+
+def _train_args(data, out, steps, eval_steps):
+    return ["train", "--profile", "quick", "--data", data, "--out", out, "--max-steps", steps,
+            "--eval-steps", eval_steps, "--batch-size", 2, "--grad-accum", 1, "--learning-rate", 2e-3]
 
 
 @pytest.mark.slow
-def test_short_real_training_lowers_the_loss_and_writes_every_output(tmp_path):
-    from train import train
-
+def test_short_real_training_lowers_the_loss_and_writes_every_output(tmp_path, tiny_data):
     out = tmp_path / "run"
-    manifest = train(profile("quick").override(max_steps=8, eval_steps=4, **TINY), out)
+    proc = _sunrise(*_train_args(tiny_data, out, 8, 4))
+    output = proc.communicate(timeout=900)[0]
+    assert proc.returncode == 0, output[-3000:]
+    assert "final_val_loss" in output and "%" in output  # the summary, after a progress bar
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     train_losses = [r["train_loss"] for r in log if "train_loss" in r]
     val_losses = [r["val_loss"] for r in log if "val_loss" in r]
@@ -69,33 +91,35 @@ def test_short_real_training_lowers_the_loss_and_writes_every_output(tmp_path):
     assert sum(train_losses[-2:]) / 2 < sum(train_losses[:2]) / 2  # the loss fell
     for name in ("adapter_model.safetensors", "adapter_config.json", "loss_curve.png", "manifest.json"):
         assert (out / name).is_file(), name
-    assert not (out / "checkpoints").exists()
+    assert not (out / "checkpoints").exists() and not (out / "README.md").exists()
     config = json.loads((out / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == "SmolLM2-135M-Instruct" and config["r"] == 16
+    manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["hyperparameters"]["rank"] == 16 and manifest["dataset"]["train"] == 16
+    assert manifest["dataset"]["sha256"] == dataset_hash(tiny_data)
     assert manifest["base_model"]["weights_sha256"] and len(manifest["adapter_sha256"]) == 64
     assert manifest["final_val_loss"] == val_losses[-1] and manifest["versions"]["torch"]
     assert (out / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.slow
-def test_interrupted_run_resumes_from_its_last_checkpoint(tmp_path):
-    from transformers import TrainerCallback
-
-    from train import train
-
-    class CtrlC(TrainerCallback):
-        def on_save(self, args, state, control, **kwargs):
-            if state.global_step == 2:
-                raise KeyboardInterrupt
-
+def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, tiny_data):
+    """A kill loses at most one evaluation interval: rerunning the command resumes from the checkpoint."""
     out = tmp_path / "run"
-    config = profile("quick").override(max_steps=4, eval_steps=2, **TINY)
-    with pytest.raises(KeyboardInterrupt):
-        train(config, out, callbacks=(CtrlC(),))
-    assert (out / "checkpoints" / "checkpoint-2").is_dir() and not (out / "manifest.json").exists()
-    manifest = train(config, out)
+    args = _train_args(tiny_data, out, 6, 2)
+    proc = _sunrise(*args)
+    deadline = time.monotonic() + 600
+    while not (out / "checkpoints" / "checkpoint-2" / "trainer_state.json").is_file():
+        assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.5)
+    time.sleep(1.0)  # let it get into step 3
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert not (out / "manifest.json").exists()
+    resumed = _sunrise(*args)
+    output = resumed.communicate(timeout=900)[0]
+    assert resumed.returncode == 0, output[-3000:]
     steps = [json.loads(line)["step"] for line in (out / "train_log.jsonl").read_text().splitlines()
              if "train_loss" in line]
-    assert steps == [1, 2, 3, 4]  # steps 1-2 from the first run, 3-4 after resuming: nothing redone
-    assert manifest["steps"] == 4
+    assert steps == [1, 2, 3, 4, 5, 6]  # nothing lost before the checkpoint, nothing logged twice
+    assert json.loads((out / "manifest.json").read_text())["steps"] == 6
