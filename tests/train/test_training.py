@@ -50,12 +50,12 @@ def tokenizer():
 @pytest.mark.slow
 def test_loss_only_on_the_answer(tokenizer):
     """The note, system prompt and chat headers are masked; the answer and its end token are learned."""
-    note, answer = "Pt John Doe, 55y, history of T2DM.", '{"resourceType":"SunriseEMRClinicalSummary"}'
+    note, answer = "Pt John Doe, 55y, history of T2DM.", '{"patient":{"name":"John Doe"}}'
     ex = encode_example(tokenizer, note, answer)
     learned = [t for t, lab in zip(ex["input_ids"], ex["labels"], strict=True) if lab != IGNORE]
     masked = [t for t, lab in zip(ex["input_ids"], ex["labels"], strict=True) if lab == IGNORE]
     assert tokenizer.decode(learned) == answer + "<|im_end|>"
-    assert note in tokenizer.decode(masked) and "SunriseEMRClinicalSummary" not in tokenizer.decode(masked)
+    assert note in tokenizer.decode(masked) and '"patient"' not in tokenizer.decode(masked)
     assert ex["labels"][: len(masked)] == [IGNORE] * len(masked)  # the mask is a prefix
 
 
@@ -114,7 +114,7 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, tiny_data):
         time.sleep(0.5)
     time.sleep(1.0)  # let it get into step 3
     proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=60)
+    proc.communicate(timeout=60)
     assert not (out / "manifest.json").exists()
     resumed = _sunrise(*args)
     output = resumed.communicate(timeout=900)[0]
