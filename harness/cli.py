@@ -171,6 +171,8 @@ def cmd_main(args) -> int:
 
     from harness.settings import REFERENCE_BASELINE
 
+    pytest_exit_gate_failed = 1  # pytest's "tests failed"; 2+ are interruptions and usage errors
+
     out = Path(args.out)
     data = out / "data"
     print(f"[1/3] dataset -> {data}", flush=True)
@@ -179,6 +181,8 @@ def cmd_main(args) -> int:
     print(f"[2/3] training (profile {args.profile}) -> {adapter}", flush=True)
     train_args = ["train", "--profile", args.profile, "--data", str(data), "--out", str(adapter),
                   "--base-model", args.base_model]
+    if args.max_steps:
+        train_args += ["--max-steps", str(args.max_steps), "--eval-steps", str(args.max_steps)]
     code = main(train_args)
     if code:
         return code
@@ -187,7 +191,13 @@ def cmd_main(args) -> int:
                    "--base-model", args.base_model, "--report-dir", args.report_dir, "-q",
                    "-p", "no:cacheprovider"]
     baseline = args.baseline or (str(REFERENCE_BASELINE) if REFERENCE_BASELINE.is_file() else "none")
-    return subprocess.call([*pytest_args, "--baseline", baseline])
+    extra = args.pytest_args[1:] if args.pytest_args[:1] == ["--"] else args.pytest_args
+    code = subprocess.call([*pytest_args, "--baseline", baseline, *extra])
+    if code == pytest_exit_gate_failed:
+        print("The new adapter did not pass the gate (see the sunrise section above and the report); the job "
+              "itself completed. Use --strict to make that a failing exit code.", flush=True)
+        return 1 if args.strict else 0
+    return code
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -243,6 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base-model", default="embedded")
     p.add_argument("--report-dir", default="reports")
     p.add_argument("--baseline", default=None, help="summary.json to gate against (default: the reference run)")
+    p.add_argument("--strict", action="store_true", help="exit 1 when the new adapter fails the gate")
+    p.add_argument("--max-steps", type=_positive, default=None, help="shorten training (smoke runs)")
+    p.add_argument("pytest_args", nargs=argparse.REMAINDER, help="after --: extra pytest options")
     p.set_defaults(func=cmd_main)
     return parser
 

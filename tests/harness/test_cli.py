@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -65,3 +66,17 @@ def test_extract_seed_notes_base_and_tuned(tmp_path):
             assert valid == 0
         else:
             assert valid >= 4
+
+
+@pytest.mark.slow
+def test_main_job_end_to_end(tmp_path):
+    """The README's first command, shortened: dataset, training, then the suite and its report."""
+    root = Path(__file__).resolve().parents[2]
+    cmd = [sys.executable, "-m", "harness.cli", "main", "--out", str(tmp_path / "run"), "--report-dir",
+           str(tmp_path / "reports"), "--max-steps", "2", "--", "--scenario-sets", "seed", "-k", "not hypothesis"]
+    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    assert "[1/3]" in proc.stdout and "[3/3]" in proc.stdout
+    assert (tmp_path / "run" / "adapter" / "manifest.json").is_file()
+    assert list((tmp_path / "reports").glob("*/report.html")) and (tmp_path / "reports" / "index.html").is_file()
+    assert "gate: FAILED" in proc.stdout and "the job itself completed" in proc.stdout  # 2 steps: not good enough
