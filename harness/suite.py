@@ -163,17 +163,18 @@ class Suite:
         run = self.evaluation.runs.get("tuned")
         if run is None or not run.outcomes:
             return None
-        misses = self.threshold_misses()
+        tuned = run.aggregate().metrics()
+        misses = self.options.thresholds.misses(tuned)
         comparison = self.compare_with_baseline()
         worse_than_base = {}
         base = self.evaluation.runs.get("base")
         if base is not None and base.outcomes:
-            b, t = self.metrics("base"), self.metrics("tuned")
-            worse_than_base = {m: (t[m], b[m]) for m in NOT_WORSE_METRICS if t[m] < b[m]}
+            b = base.aggregate().metrics()
+            worse_than_base = {m: (tuned[m], b[m]) for m in NOT_WORSE_METRICS if tuned[m] < b[m]}
         return {
             "passed": not misses and not (comparison and comparison.worse) and not worse_than_base,
             "threshold_misses": misses,
-            "targets_not_met": self.options.targets.misses(self.metrics("tuned")),
+            "targets_not_met": self.options.targets.misses(tuned),
             "worse_than_base": worse_than_base,
             "baseline": str(self.options.baseline) if self.options.baseline else None,
             "comparison": comparison.to_dict() if comparison else None,
