@@ -1,0 +1,67 @@
+"""Greedy decoding of a left-padded batch that drops each row from the batch as soon as it ends.
+
+transformers' `generate` keeps computing rows that have already stopped until the last row stops, so
+one note that loops to its bound makes the whole batch run to that bound. Here a finished row leaves
+the KV cache at once, and each row has its own bound, so a batch costs about what its rows need and a
+note's output does not depend on the bound of the notes batched with it.
+
+Plain greedy: the model's `generation_config` (sampling, repetition penalties) is deliberately not
+applied, so the output is argmax decoding and nothing else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Part of a model's identity, so outputs cached under another decoding loop are regenerated.
+DECODER = "greedy-drop-finished/1"
+
+
+@dataclass(frozen=True)
+class Decoded:
+    tokens: list[int]  # new tokens, without the stop token
+    stopped: bool  # ended at a stop token (False: reached its bound)
+
+
+def greedy_decode(model, rows: list[list[int]], bounds: list[int], stop_ids: list[int], pad_id: int) -> list[Decoded]:
+    """Decode `rows` (token ids of prompts) together; row i gets at most `bounds[i]` new tokens."""
+    import torch
+
+    device = model.device
+    width = max(len(r) for r in rows)
+    input_ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in rows], device=device)
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
+    # Positions count real tokens only, as `generate` does, so a padded row decodes like an unpadded one.
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    stops = set(stop_ids)
+    tokens: list[list[int]] = [[] for _ in rows]
+    stopped = [False] * len(rows)
+    active = list(range(len(rows)))  # which original row each batch row is
+    with torch.inference_mode():
+        out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                    logits_to_keep=1)
+        cache = out.cache
+        next_pos = positions[:, -1:] + 1
+        while True:
+            chosen = out.logits[:, -1].argmax(-1)
+            keep = []
+            for j, tok in enumerate(chosen.tolist()):
+                row = active[j]
+                if tok in stops:
+                    stopped[row] = True
+                    continue
+                tokens[row].append(tok)
+                if len(tokens[row]) < bounds[row]:
+                    keep.append(j)
+            if not keep:
+                break
+            if len(keep) < len(active):
+                index = torch.tensor(keep, device=device)
+                cache.batch_select_indices(index)
+                mask, chosen, next_pos = mask[index], chosen[index], next_pos[index]
+                active = [active[j] for j in keep]
+            mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=-1)
+            out = model(input_ids=chosen[:, None], attention_mask=mask, position_ids=next_pos,
+                        cache=cache, use_cache=True)
+            next_pos = next_pos + 1
+    return [Decoded(t, s) for t, s in zip(tokens, stopped, strict=True)]
