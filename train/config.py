@@ -67,7 +67,7 @@ PROFILES: dict[str, TrainConfig] = {
     # A few minutes on 2 CPU cores: enough to beat the base model clearly.
     "quick": TrainConfig(profile="quick", learning_rate=1e-3, max_steps=24, eval_steps=12, warmup_steps=3),
     # The reference adapter's recipe.
-    "full": TrainConfig(profile="full", learning_rate=1e-3, epochs=1.5, eval_steps=25, warmup_steps=5),
+    "full": TrainConfig(profile="full", learning_rate=1e-3, epochs=3.0, eval_steps=25, warmup_steps=5),
 }
 
 
