@@ -1,6 +1,7 @@
 """The pytest plugin end to end with pytester: options, markers, xfail policy, the gate's exit code."""
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -101,8 +102,8 @@ def test_one_flip_is_noise_for_the_paired_gate(project):
 
 
 def test_thresholds_come_from_pyproject_and_options(project):
-    (project.path / "pyproject.toml").write_text(
-        (project.path / "pyproject.toml").read_text().replace("json_valid = 0.8", "json_valid = 1.0", 1))
+    pyproject = project.path / "pyproject.toml"  # the first json_valid is the thresholds table's
+    pyproject.write_text(re.sub(r"(?m)^json_valid = [0-9.]+$", "json_valid = 1.0", pyproject.read_text(), count=1))
     fake = _outputs(project.path / "fake.json", broken=["seed-1"])
     strict = _run(project, "-m", "tuned", "--fake-outputs", str(fake), "-k", "threshold")
     assert strict.ret == 1  # the pyproject floor json_valid = 1.0 is missed by one chatty answer
