@@ -169,9 +169,9 @@ def cmd_main(args) -> int:
     """The end-to-end job: dataset, quick QLoRA training, then the evaluation suite and its report."""
     import subprocess
 
-    from harness.settings import REFERENCE_BASELINE
+    import pytest
 
-    pytest_exit_gate_failed = 1  # pytest's "tests failed"; 2+ are interruptions and usage errors
+    from harness.settings import REFERENCE_BASELINE
 
     out = Path(args.out)
     data = out / "data"
@@ -193,7 +193,7 @@ def cmd_main(args) -> int:
     baseline = args.baseline or (str(REFERENCE_BASELINE) if REFERENCE_BASELINE.is_file() else "none")
     extra = args.pytest_args[1:] if args.pytest_args[:1] == ["--"] else args.pytest_args
     code = subprocess.call([*pytest_args, "--baseline", baseline, *extra])
-    if code == pytest_exit_gate_failed:
+    if code == pytest.ExitCode.TESTS_FAILED:  # other codes: interrupted, usage or internal errors
         print("The new adapter did not pass the gate (see the sunrise section above and the report); the job "
               "itself completed. Use --strict to make that a failing exit code.", flush=True)
         return 1 if args.strict else 0

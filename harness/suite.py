@@ -111,9 +111,6 @@ class Suite:
             raise ModelUnavailable(f"{role} model could not be loaded: {run.error}")
         return run.aggregate().metrics()
 
-    def threshold_misses(self) -> dict[str, tuple[float, float]]:
-        return self.options.thresholds.misses(self.metrics("tuned"))
-
     def compare_with_baseline(self, role: str = "tuned") -> Comparison | None:
         if not self.baseline or role not in self.baseline.get("roles", {}):
             return None
