@@ -49,6 +49,14 @@ def _one_entry_per_medication(s: CaseScore) -> Verdict:
     return Verdict(s.med_count_ok, f"{s.med_count_expected} medications in the note, {got} in the answer")
 
 
+def _grounded(s: CaseScore) -> Verdict | None:
+    if s.ungrounded is None:
+        return None
+    if not s.lenient_json:
+        return Verdict(False, "no JSON object")
+    return Verdict(not s.ungrounded, "not in the note: " + "; ".join(s.ungrounded[:5]))
+
+
 def _no_chatter(s: CaseScore) -> Verdict:
     if s.strict_json:
         return Verdict(True)
@@ -63,6 +71,7 @@ CHECKS: dict[str, Callable[[CaseScore], Verdict | None]] = {
     "dose_split": _dose_split,
     "one_entry_per_medication": _one_entry_per_medication,
     "no_chatter": _no_chatter,
+    "grounded": _grounded,
 }
 
 
@@ -71,16 +80,20 @@ def run_checks(score: CaseScore) -> dict[str, Verdict]:
     return {name: v for name, check in CHECKS.items() if (v := check(score)) is not None}
 
 
-def describe_output(text: str) -> dict:
-    """What can be said of an output with no expected summary (the manual testing page)."""
+def describe_output(text: str, note: str) -> dict:
+    """What can be said of an output with no expected summary (the manual testing page): the schema,
+    the rules, and where in the note each value sits (or that it does not)."""
+    from harness.grounding import ground_summary, note_segments
     from harness.schema import schema_errors
     from harness.scoring import invented_keys, parse_output
 
     obj, strict = parse_output(text)
     if not isinstance(obj, dict):
         return {"json": None, "strict_json": False, "schema_valid": False, "errors": ["no JSON object in the output"],
-                "checks": []}
+                "checks": [], "grounded": False, "grounding": [], "note_segments": note_segments(note, [])}
     errors = schema_errors(obj)
+    grounding = ground_summary(obj, note)
+    ungrounded = [g for g in grounding if not g.grounded]
     patient = obj.get("patient") if isinstance(obj.get("patient"), dict) else {}
     meds = [m for m in obj.get("medicationStatement") or [] if isinstance(m, dict)] \
         if isinstance(obj.get("medicationStatement"), list) else []
@@ -91,6 +104,8 @@ def describe_output(text: str) -> dict:
         {"rule": "JSON alone, no chatter", "ok": strict, "detail": "" if strict else "text around the JSON"},
         {"rule": "resourceType", "ok": obj.get("resourceType") == RESOURCE_TYPE,
          "detail": str(obj.get("resourceType"))},
+        {"rule": "every value is in the note", "ok": not ungrounded,
+         "detail": "; ".join(f"{g.path} = {g.value!r} ({g.reason})" for g in ungrounded)},
         {"rule": "age", "ok": age is None or isinstance(age, int),
          "detail": "null (no age stated)" if age is None else f"{age}"},
         {"rule": "doses split into value + unit", "ok": split,
@@ -99,4 +114,6 @@ def describe_output(text: str) -> dict:
          "detail": f"{len(meds)} entries"},
         {"rule": "no invented keys", "ok": not invented_keys(obj), "detail": ", ".join(invented_keys(obj))},
     ]
-    return {"json": obj, "strict_json": strict, "schema_valid": not errors, "errors": errors, "checks": checks}
+    return {"json": obj, "strict_json": strict, "schema_valid": not errors, "errors": errors, "checks": checks,
+            "grounded": not ungrounded, "grounding": [g.to_dict() for g in grounding],
+            "note_segments": note_segments(note, grounding)}

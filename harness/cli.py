@@ -39,6 +39,14 @@ def add_model_options(parser: argparse.ArgumentParser, adapter_help: str = "LoRA
                    help="merge the adapter in memory (needs --quantization none)")
 
 
+def add_decoding_option(parser: argparse.ArgumentParser) -> None:
+    from harness.grammar import DECODINGS, SERVING_DECODING
+
+    parser.add_argument("--decoding", choices=DECODINGS, default=SERVING_DECODING,
+                        help=f"free: the model as it is; schema: only schema-v1 JSON; grounded: schema, and every "
+                             f"value copied from the note (default: {SERVING_DECODING})")
+
+
 def spec_from_args(args, adapter: str | None = None):
     from harness.models import ModelSpec
 
@@ -87,6 +95,7 @@ def cmd_extract(args) -> int:
     from tqdm import tqdm
 
     from harness.generation import Generator
+    from harness.grounding import ground_summary
     from harness.models import GenerationSettings, HFBackend
     from harness.schema import is_valid
     from harness.scoring import parse_output
@@ -99,7 +108,8 @@ def cmd_extract(args) -> int:
                 rows = _read_notes(fh)
         except OSError as exc:
             raise HarnessError(f"cannot read --input {args.input}: {exc.strerror}") from None
-    settings = GenerationSettings(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+    settings = GenerationSettings(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                                  decoding=args.decoding)
     backend = HFBackend(spec_from_args(args, args.adapter))
     generator = Generator(backend, settings, cache=not args.no_cache)
     good = [(i, note) for i, (_, note, err) in enumerate(rows) if err is None]
@@ -108,16 +118,20 @@ def cmd_extract(args) -> int:
     by_row = dict(zip((i for i, _ in good), results, strict=True))
     failures = 0
     with open(args.output, "w", encoding="utf-8") if args.output else contextlib.nullcontext(sys.stdout) as out:
-        for i, (row_id, _, err) in enumerate(rows):
+        for i, (row_id, note, err) in enumerate(rows):
             res = by_row.get(i)
             error = err or (res.error if res else None)
             if error:
                 failures += 1
-                record = {"id": row_id, "output": None, "json": None, "valid": False, "seconds": 0.0, "error": error}
+                record = {"id": row_id, "output": res.generation.text if res and res.generation else None,
+                          "json": None, "valid": False, "grounded": None, "seconds": 0.0, "error": error}
             else:
                 obj, strict = parse_output(res.generation.text)
+                ungrounded = [{"path": g.path, "value": g.value, "reason": g.reason}
+                              for g in ground_summary(obj, note) if not g.grounded]
                 record = {"id": row_id, "output": res.generation.text, "json": obj if strict else None,
-                          "valid": strict and is_valid(obj), "seconds": round(res.generation.seconds, 3),
+                          "valid": strict and is_valid(obj), "grounded": isinstance(obj, dict) and not ungrounded,
+                          "ungrounded": ungrounded, "seconds": round(res.generation.seconds, 3),
                           "cached": res.generation.cached}
             out.write(json.dumps(record, ensure_ascii=False) + "\n")
     print(f"{len(rows) - failures} of {len(rows)} notes extracted"
@@ -152,13 +166,15 @@ def cmd_train(args) -> int:
 
 
 def cmd_serve(args) -> int:
+    from harness.models import GenerationSettings
     from harness.server import serve
     from harness.settings import REFERENCE_ADAPTER
 
     adapter = None if args.adapter == "none" else (args.adapter or str(REFERENCE_ADAPTER))
     serve(host=args.host, port=args.port, base=spec_from_args(args),
           tuned=spec_from_args(args, adapter) if adapter else None,
-          groq_base_url=args.groq_base_url, whisper_model=args.whisper_model, compare_base=args.compare_base)
+          groq_base_url=args.groq_base_url, whisper_model=args.whisper_model, compare_base=args.compare_base,
+          settings=GenerationSettings(decoding=args.decoding))
     return 0
 
 
@@ -218,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive, default=None, help="default: automatic")
     p.add_argument("--max-new-tokens", type=_positive, default=None, help="default: derived from the schema")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the generation cache")
+    add_decoding_option(p)
     add_model_options(p, "LoRA adapter folder (default: none, the base model alone)")
     p.set_defaults(func=cmd_extract)
 
@@ -244,6 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--groq-base-url", default=None, help="default: GROQ_BASE_URL or Groq's API")
     p.add_argument("--whisper-model", default="whisper-large-v3-turbo")
     p.add_argument("--compare-base", action="store_true", help="also show the base model's answer side by side")
+    add_decoding_option(p)
     add_model_options(p, "LoRA adapter folder (default: the reference adapter; 'none': the base model alone)")
     p.set_defaults(func=cmd_serve)
 

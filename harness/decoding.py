@@ -6,12 +6,17 @@ the KV cache at once, and each row has its own bound, so a batch costs about wha
 note's output does not depend on the bound of the notes batched with it.
 
 Plain greedy: the model's `generation_config` (sampling, repetition penalties) is deliberately not
-applied, so the output is argmax decoding and nothing else.
+applied, so the output is argmax decoding and nothing else. A `BatchConstraint` (harness.constraint)
+masks the logits before each argmax for the constrained decoding modes.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from harness.constraint import BatchConstraint
 
 # Part of a model's identity, so outputs cached under another decoding loop are regenerated.
 DECODER = "greedy-drop-finished/1"
@@ -21,9 +26,11 @@ DECODER = "greedy-drop-finished/1"
 class Decoded:
     tokens: list[int]  # new tokens, without the stop token
     stopped: bool  # ended at a stop token (False: reached its bound)
+    error: str | None = None  # a constrained row that could not finish
 
 
-def greedy_decode(model, rows: list[list[int]], bounds: list[int], stop_ids: list[int], pad_id: int) -> list[Decoded]:
+def greedy_decode(model, rows: list[list[int]], bounds: list[int], stop_ids: list[int], pad_id: int,
+                  constraint: BatchConstraint | None = None) -> list[Decoded]:
     """Decode `rows` (token ids of prompts) together; row i gets at most `bounds[i]` new tokens."""
     import torch
 
@@ -43,12 +50,21 @@ def greedy_decode(model, rows: list[list[int]], bounds: list[int], stop_ids: lis
         cache = out.cache
         next_pos = positions[:, -1:] + 1
         while True:
-            chosen = out.logits[:, -1].argmax(-1)
+            logits = out.logits[:, -1]
+            if constraint is not None:
+                constraint.mask_(active, logits, [len(tokens[r]) for r in active])
+                dead = (logits.max(-1).values == float("-inf")).tolist()
+            chosen = logits.argmax(-1)
             keep = []
             for j, tok in enumerate(chosen.tolist()):
                 row = active[j]
+                if constraint is not None and dead[j]:
+                    constraint.errors[row] = "the grammar allows no token here"
+                    continue
                 if tok in stops:
                     stopped[row] = True
+                    continue
+                if constraint is not None and not constraint.advance(row, tok):
                     continue
                 tokens[row].append(tok)
                 if len(tokens[row]) < bounds[row]:
@@ -64,4 +80,5 @@ def greedy_decode(model, rows: list[list[int]], bounds: list[int], stop_ids: lis
             out = model(input_ids=chosen[:, None], attention_mask=mask, position_ids=next_pos,
                         cache=cache, use_cache=True)
             next_pos = next_pos + 1
-    return [Decoded(t, s) for t, s in zip(tokens, stopped, strict=True)]
+    errors = constraint.errors if constraint is not None else {}
+    return [Decoded(t, s, errors.get(i)) for i, (t, s) in enumerate(zip(tokens, stopped, strict=True))]

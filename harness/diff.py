@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from harness.grounding import ground_summary
 from harness.scoring import invented_keys, norm_text, parse_output
 
 
@@ -11,8 +12,9 @@ def _entry(path: str, kind: str, expected: Any = None, got: Any = None) -> dict:
     return {"path": path, "kind": kind, "expected": expected, "got": got}
 
 
-def diff_output(output: str | None, expected: dict) -> list[dict]:
-    """What was wrong, path by path: 'wrong value', 'missing', 'unexpected entry', 'invented key'."""
+def diff_output(output: str | None, expected: dict, note: str | None = None) -> list[dict]:
+    """What was wrong, path by path: 'wrong value', 'missing', 'unexpected entry', 'invented key', and
+    (given the note) 'ungrounded' for each value the note does not contain."""
     obj, _ = parse_output(output or "")
     if not isinstance(obj, dict):
         return [_entry("$", "no JSON object", "a SunriseEMRClinicalSummary object", (output or "")[:120])]
@@ -40,6 +42,8 @@ def diff_output(output: str | None, expected: dict) -> list[dict]:
         if name not in want_meds:
             out.append(_entry("medicationStatement", "unexpected entry", None, med.get("medication")))
     out += [_entry(path, "invented key") for path in invented_keys(obj)]
+    if note is not None:
+        out += [_entry(g.path, "ungrounded", None, g.value) for g in ground_summary(obj, note) if not g.grounded]
     return out
 
 

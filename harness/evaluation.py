@@ -4,7 +4,7 @@ scored once, and every check reads that one outcome."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from harness.checks import Verdict, run_checks
@@ -42,7 +42,7 @@ class Outcome:
 
 def evaluate_output(case: Case, output: str | None, error: str | None = None, seconds: float = 0.0,
                     cached: bool = False, stopped: bool = True) -> Outcome:
-    score = score_case(output if output is not None else "", case.expected)
+    score = score_case(output if output is not None else "", case.expected, case.note)
     return Outcome(case, output, error, seconds, cached, stopped, score, run_checks(score))
 
 
@@ -62,15 +62,20 @@ class RoleRun:
 
 
 class Evaluation:
-    """Lazily loads each role's backend and runs all scenarios through it in one batched pass."""
+    """Lazily loads each role's backend and runs all scenarios through it in one batched pass.
+
+    `backends` maps a name (a role, or a role under one decoding) to its loader; `settings` gives
+    the generation settings of each name, or one for all."""
 
     def __init__(self, scenarios: list[Case], backends: dict[str, Callable[[], Backend]],
-                 settings: GenerationSettings = GenerationSettings(), cache: bool = True,
-                 progress: Callable[[str], None] | None = None):
+                 settings: Mapping[str, GenerationSettings] | GenerationSettings = GenerationSettings(),
+                 cache: bool = True, progress: Callable[[str], None] | None = None):
         ids = [c.id for c in scenarios]
         if len(set(ids)) != len(ids):
             raise ValueError("scenario ids must be unique")
-        self.scenarios, self.factories, self.settings, self.cache = scenarios, backends, settings, cache
+        if isinstance(settings, GenerationSettings):
+            settings = dict.fromkeys(backends, settings)
+        self.scenarios, self.factories, self.settings, self.cache = scenarios, backends, dict(settings), cache
         self.progress = progress or (lambda msg: None)
         self.runs: dict[str, RoleRun] = {}
 
@@ -86,7 +91,7 @@ class Evaluation:
         try:
             backend = self.factories[role]()
             run.identity = dict(backend.identity)
-            run.generator = Generator(backend, self.settings, cache=self.cache)
+            run.generator = Generator(backend, self.settings[role], cache=self.cache)
             notes = [c.note for c in self.scenarios]
             done = [0]
 

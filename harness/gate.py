@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, field, fields
 from math import comb
 from pathlib import Path
 
+from harness.grammar import DECODINGS
+
 
 @dataclass(frozen=True)
 class Thresholds:
@@ -20,7 +22,7 @@ class Thresholds:
 
     Two tables use this shape: `thresholds`, the gate's floors (missing one fails the run), and
     `targets`, the quality the project aims at (shown in every report, never failing a run). The
-    defaults here are the targets.
+    defaults here are the targets. Rates are floors; the counts in CEILINGS are maxima.
     """
 
     json_valid: float = 1.0  # outputs that are one JSON document alone
@@ -28,29 +30,66 @@ class Thresholds:
     null_age: float = 1.0  # ageInt null whenever the note states no age
     med_count: float = 0.95  # one entry per medication
     field_f1: float = 0.95  # micro F1 over all field paths
+    grounded: float = 1.0  # outputs whose every value comes from the note
+    ungrounded_values: float = 0  # values not in their note, counted over the run (a maximum)
 
     def __post_init__(self):
         for f in fields(self):
             value = getattr(self, f.name)
-            if not isinstance(value, int | float) or not 0 <= value <= 1:
+            if f.name in CEILINGS:
+                if not isinstance(value, int | float) or value < 0:
+                    raise ValueError(f"threshold {f.name} is a count: a number >= 0, got {value!r}")
+            elif not isinstance(value, int | float) or not 0 <= value <= 1:
                 raise ValueError(f"threshold {f.name} must be a number in [0, 1], got {value!r}")
 
     @classmethod
-    def from_pyproject(cls, path: Path, table: str = "thresholds") -> Thresholds:
-        values = {}
-        if Path(path).is_file():
-            values = tomllib.loads(Path(path).read_text()).get("tool", {}).get("sunrise", {}).get(table, {})
-        unknown = sorted(set(values) - {f.name for f in fields(cls)})
+    def from_pyproject(cls, path: Path, table: str = "thresholds", decoding: str | None = None) -> Thresholds:
+        """The table's values; a sub-table named after a decoding mode ([tool.sunrise.thresholds.grounded])
+        overrides them for that mode."""
+        values = _sunrise_table(path, table)
+        modes = {k: v for k, v in values.items() if isinstance(v, dict)}
+        values = {k: v for k, v in values.items() if k not in modes}
+        unknown = sorted(set(values) - {f.name for f in fields(cls)}) + sorted(set(modes) - set(DECODINGS))
+        for mode, sub in modes.items():
+            unknown += [f"{mode}.{k}" for k in sorted(set(sub) - {f.name for f in fields(cls)})]
         if unknown:
             raise ValueError(f"unknown metric(s) in {path} [tool.sunrise.{table}]: {', '.join(unknown)}")
-        return cls(**values)
+        return cls(**{**values, **modes.get(decoding, {})})
 
     def with_overrides(self, overrides: dict[str, float]) -> Thresholds:
         return Thresholds(**{**asdict(self), **overrides})
 
     def misses(self, metrics: dict[str, float]) -> dict[str, tuple[float, float]]:
-        """{metric: (value, floor)} for every floor not reached."""
-        return {name: (metrics[name], floor) for name, floor in asdict(self).items() if metrics[name] < floor}
+        """{metric: (value, limit)} for every floor not reached and every ceiling exceeded."""
+        return {name: (metrics[name], limit) for name, limit in asdict(self).items()
+                if not meets(name, metrics[name], limit)}
+
+
+def _sunrise_table(path: Path, table: str) -> dict:
+    """[tool.sunrise.<table>] of a pyproject.toml ({} when the file or the table is absent)."""
+    if not Path(path).is_file():
+        return {}
+    return tomllib.loads(Path(path).read_text()).get("tool", {}).get("sunrise", {}).get(table, {})
+
+
+def gate_decodings(path: Path) -> tuple[str, ...]:
+    """The decoding modes the gate judges: [tool.sunrise.gate] decoding in pyproject.toml (default: free)."""
+    table = _sunrise_table(path, "gate")
+    unknown = sorted(set(table) - {"decoding"})
+    if unknown:
+        raise ValueError(f"unknown key(s) in {path} [tool.sunrise.gate]: {', '.join(unknown)}")
+    modes = table.get("decoding", ["free"])
+    if not isinstance(modes, list) or not all(isinstance(m, str) for m in modes):
+        raise ValueError(f"[tool.sunrise.gate] decoding in {path} must be a list of mode names, got {modes!r}")
+    return tuple(modes)
+
+
+# Metrics where lower is better: their thresholds are maxima.
+CEILINGS = frozenset({"ungrounded_values"})
+
+
+def meets(metric: str, value: float, limit: float) -> bool:
+    return value <= limit if metric in CEILINGS else value >= limit
 
 
 def sign_test_p(worse: int, better: int) -> float:

@@ -48,8 +48,8 @@ class Generator:
             entry = self.cache.get(self.key(note)) if self.cache else None
             if entry is not None:
                 gen = Generation(text=entry["text"], seconds=entry["seconds"], new_tokens=entry["new_tokens"],
-                                 stopped=entry["stopped"], cached=True)
-                results[i] = Result(note, gen)
+                                 stopped=entry["stopped"], cached=True, error=entry.get("error"))
+                results[i] = Result(note, gen, gen.error)
             elif not note.strip():
                 results[i] = Result(note, None, "the note is empty")
             else:
@@ -77,6 +77,6 @@ class Generator:
             return [self._generate([note])[0] for note in notes]
         for note, gen in zip(notes, gens, strict=True):
             if self.cache:
-                self.cache.put(self.key(note), {"text": gen.text, "seconds": gen.seconds,
-                                                "new_tokens": gen.new_tokens, "stopped": gen.stopped})
-        return [Result(note, gen) for note, gen in zip(notes, gens, strict=True)]
+                self.cache.put(self.key(note), {"text": gen.text, "seconds": gen.seconds, "new_tokens": gen.new_tokens,
+                                                "stopped": gen.stopped, "error": gen.error})
+        return [Result(note, gen, gen.error) for note, gen in zip(notes, gens, strict=True)]

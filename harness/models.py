@@ -14,9 +14,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from harness.constraint import BatchConstraint, ConstraintStats, ConstraintTokenizer, close_reserve
 from harness.decoding import DECODER, greedy_decode
 from harness.embedded import EMBEDDED_NAME, converted_gguf, embedded_gguf
 from harness.errors import AdapterError, InputError, ModelNotFoundError
+from harness.grammar import DECODINGS, GRAMMAR_VERSION, Decoding
 from harness.hashing import folder_weights_sha256, sha256_file, sha256_text
 from harness.prompt import render_prompt
 from harness.schema import dumps, empty_summary
@@ -58,15 +60,23 @@ class GenerationSettings:
     max_new_tokens: int | None = None  # None: a bound derived from the schema and the note's length
     batch_size: int | None = None  # None: automatic, from a token budget
     greedy: bool = True  # deterministic: same input, same output
+    decoding: Decoding = "free"  # free | schema (only schema-v1 JSON) | grounded (and only the note's words)
 
     def __post_init__(self):
         if self.max_new_tokens is not None and self.max_new_tokens < 1:
             raise ValueError("max_new_tokens must be >= 1")
         if self.batch_size is not None and self.batch_size < 1:
             raise ValueError("batch_size must be >= 1")
+        if self.decoding not in DECODINGS:
+            raise ValueError(f"decoding must be one of {', '.join(DECODINGS)}, got {self.decoding!r}")
+
+    @property
+    def constrained(self) -> bool:
+        return self.decoding != "free"
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The settings as recorded in summaries and cache keys; a constrained mode names its grammar."""
+        return {**asdict(self), **({"grammar": GRAMMAR_VERSION} if self.constrained else {})}
 
 
 @dataclass(frozen=True)
@@ -76,6 +86,7 @@ class Generation:
     new_tokens: int
     stopped: bool  # ended at the end-of-turn token (False: hit max_new_tokens, a loop)
     cached: bool = False
+    error: str | None = None  # why this note has no usable output (a constrained decode that could not finish)
 
 
 class Backend(Protocol):
@@ -301,13 +312,7 @@ class HFBackend:
             check_adapter_base(adapter, self.resolved)
         self.tokenizer, model = load_base_model(spec, self.resolved)
         self.model = attach_adapter(model, spec, self.resolved, adapter) if adapter else model
-        self.tokenizer.padding_side = "left"
-        self.stop_ids = sorted({i for i in (self.tokenizer.convert_tokens_to_ids("<|im_end|>"),
-                                            self.tokenizer.eos_token_id) if isinstance(i, int) and i >= 0})
-        self.context_length = int(getattr(self.model.config, "max_position_embeddings", 2048))
-        self.skeleton_tokens = len(self.tokenizer(dumps(empty_summary()))["input_ids"])
-        self.template_tokens = len(self.encode([""])[0])  # system prompt and chat markup around a note
-        self.identity = {
+        self._prepare({
             "model": self.resolved.name,
             "weights_sha256": self.resolved.weights_sha256,
             "adapter": str(adapter.path) if adapter else None,
@@ -315,10 +320,31 @@ class HFBackend:
             "quantization": spec.quantization,
             "dtype": spec.dtype,
             "merged": spec.merge_adapter,
-            "answer_bound": list(ANSWER_BOUND),
-            "decoder": DECODER,
-        }
+        })
         self.load_seconds = time.perf_counter() - t0
+
+    @classmethod
+    def from_model(cls, tokenizer, model, identity: Mapping[str, Any]) -> HFBackend:
+        """A backend over a model already in memory (one built in a test, say); `identity` must name it
+        exactly, since it keys the generation cache."""
+        self = cls.__new__(cls)
+        self.spec, self.resolved, self.tokenizer, self.model, self.load_seconds = None, None, tokenizer, model, 0.0
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        self._prepare(dict(identity))
+        return self
+
+    def _prepare(self, identity: dict) -> None:
+        """What generation needs besides the model: stop tokens, bounds, and the full identity."""
+        self.tokenizer.padding_side = "left"
+        self.stop_ids = sorted({i for i in (self.tokenizer.convert_tokens_to_ids("<|im_end|>"),
+                                            self.tokenizer.eos_token_id) if isinstance(i, int) and i >= 0})
+        self.context_length = int(getattr(self.model.config, "max_position_embeddings", 2048))
+        self.skeleton_tokens = len(self.tokenizer(dumps(empty_summary()))["input_ids"])
+        self.template_tokens = len(self.encode([""])[0])  # system prompt and chat markup around a note
+        self._constraint_tokenizer = None  # built on the first constrained batch (about a second)
+        self.constraint_stats = ConstraintStats()
+        self.identity = {**identity, "answer_bound": list(ANSWER_BOUND), "decoder": DECODER}
 
     def max_new_tokens(self, prompt_tokens: int, settings: GenerationSettings) -> int:
         """Every value in a summary is copied from the note, so an answer needs at most the schema's
@@ -333,10 +359,15 @@ class HFBackend:
         prompts = [render_prompt(self.tokenizer, n) for n in notes]
         return self.tokenizer(prompts, add_special_tokens=False)["input_ids"]
 
+    def token_limit(self, note: str, prompt_tokens: int, settings: GenerationSettings) -> int:
+        """The most new tokens a note may take: its bound, plus the room to close a constrained answer."""
+        bound = self.max_new_tokens(prompt_tokens, settings)
+        return bound + close_reserve(note) if settings.constrained else bound
+
     def check_note(self, note: str, prompt_tokens: int, settings: GenerationSettings) -> None:
         if not note.strip():
             raise InputError("the note is empty")
-        budget = prompt_tokens + self.max_new_tokens(prompt_tokens, settings)
+        budget = prompt_tokens + self.token_limit(note, prompt_tokens, settings)
         if budget > self.context_length:
             raise InputError(f"the note is too long: {prompt_tokens} prompt tokens plus room for the answer "
                              f"exceed the model's context of {self.context_length} tokens")
@@ -359,15 +390,30 @@ class HFBackend:
             longest = len(ids[order[start]])
             size = self.batch_size(settings, longest + self.max_new_tokens(longest, settings))
             chunk = order[start:start + size]
-            for i, gen in zip(chunk, self._generate_batch([ids[i] for i in chunk], settings), strict=True):
+            batch = self._generate_batch([notes[i] for i in chunk], [ids[i] for i in chunk], settings)
+            for i, gen in zip(chunk, batch, strict=True):
                 results[i] = gen
             start += size
         return results  # type: ignore[return-value]
 
-    def _generate_batch(self, rows: list[list[int]], settings: GenerationSettings) -> list[Generation]:
+    def constraint_tokenizer(self) -> ConstraintTokenizer:
+        if self._constraint_tokenizer is None:
+            self._constraint_tokenizer = ConstraintTokenizer(self.tokenizer, self.stop_ids)
+        return self._constraint_tokenizer
+
+    def _generate_batch(self, notes: list[str], rows: list[list[int]],
+                        settings: GenerationSettings) -> list[Generation]:
         t0 = time.perf_counter()
         bounds = [self.max_new_tokens(len(r), settings) for r in rows]
-        decoded = greedy_decode(self.model, rows, bounds, self.stop_ids, self.tokenizer.pad_token_id)
+        limits = [self.token_limit(n, len(r), settings) for n, r in zip(notes, rows, strict=True)]
+        constraint = None
+        if settings.constrained:
+            constraint = BatchConstraint.build(self.constraint_tokenizer(), settings.decoding, notes, bounds,
+                                               self.constraint_stats)
+        decoded = greedy_decode(self.model, rows, limits, self.stop_ids, self.tokenizer.pad_token_id, constraint)
         seconds = (time.perf_counter() - t0) / len(rows)
         return [Generation(text=self.tokenizer.decode(d.tokens, skip_special_tokens=True), seconds=seconds,
-                           new_tokens=len(d.tokens), stopped=d.stopped) for d in decoded]
+                           new_tokens=len(d.tokens), stopped=d.stopped,
+                           error=d.error or (f"the constrained answer did not close within {limit} new tokens"
+                                             if constraint is not None and not d.stopped else None))
+                for d, limit in zip(decoded, limits, strict=True)]

@@ -8,16 +8,18 @@ from pathlib import Path
 
 import pytest
 
-from harness.gate import Thresholds
+from harness.gate import Thresholds, gate_decodings
+from harness.grammar import DECODINGS
 from harness.models import GenerationSettings
 from harness.settings import REFERENCE_ADAPTER, REFERENCE_BASELINE
 from harness.suite import (
-    ROLES,
     SCENARIO_SETS,
     Suite,
     SuiteOptions,
     applicable_checks,
+    gated,
     load_scenarios,
+    variants,
     write_summary,
 )
 from scenarios import profiles
@@ -51,11 +53,14 @@ def pytest_addoption(parser):
     g.addoption("--adapter", type=Path, default=REFERENCE_ADAPTER,
                 help="LoRA adapter under test (default: the reference adapter in fixtures/)")
     g.addoption("--quantization", choices=("nf4", "none"), default="nf4", help="base weights (default nf4)")
+    g.addoption("--decoding", default=None,
+                help=f"comma-separated decoding modes, each evaluated on its own ({', '.join(DECODINGS)}; default: "
+                     "the gate's modes, [tool.sunrise.gate] decoding in pyproject.toml)")
     g.addoption("--baseline", type=_path_or_none, default="auto",
                 help="summary.json of an earlier run to gate against (default: the reference adapter's "
                      "baseline when the reference adapter is under test; 'none' for no baseline)")
     g.addoption("--threshold", type=_threshold, action="append", default=[],
-                help="override a gate threshold, NAME=VALUE (repeatable)")
+                help="override a gate threshold under every decoding mode, NAME=VALUE (repeatable)")
     g.addoption("--report-dir", type=Path, default=Path("reports"), help="where HTML reports and summaries go")
     g.addoption("--scenario-sets", default=",".join(SCENARIO_SETS),
                 help=f"comma-separated scenario sets (default: {','.join(SCENARIO_SETS)})")
@@ -78,8 +83,12 @@ def pytest_configure(config):
         baseline = None
     try:
         pyproject = Path(config.rootpath) / "pyproject.toml"
-        thresholds = Thresholds.from_pyproject(pyproject).with_overrides(dict(config.getoption("--threshold")))
+        gate_modes = gate_decodings(pyproject)
+        overrides = dict(config.getoption("--threshold"))
+        thresholds = {mode: Thresholds.from_pyproject(pyproject, decoding=mode).with_overrides(overrides)
+                      for mode in gate_modes}
         targets = Thresholds.from_pyproject(pyproject, table="targets")
+        decoding = config.getoption("--decoding")
         options = SuiteOptions(
             base_model=config.getoption("--base-model"), adapter=adapter,
             quantization=config.getoption("--quantization"),
@@ -88,6 +97,8 @@ def pytest_configure(config):
             targets=targets,
             report_dir=config.getoption("--report-dir"), cache=not config.getoption("--no-generation-cache"),
             settings=GenerationSettings(), fake_outputs=config.getoption("--fake-outputs"),
+            decodings=tuple(m.strip() for m in decoding.split(",") if m.strip()) if decoding else gate_modes,
+            gate_decodings=gate_modes,
         )
     except (ValueError, TypeError) as exc:
         raise pytest.UsageError(f"sunrise: {exc}") from None
@@ -95,22 +106,20 @@ def pytest_configure(config):
 
 
 def pytest_generate_tests(metafunc):
-    """Parametrise the suite's tests: ids name the model, the check and the scenario."""
+    """Parametrise the suite's tests: ids name the model, its decoding, the check and the scenario."""
     options = metafunc.config.stash[OPTIONS_KEY]
     names = metafunc.fixturenames
     if "sunrise_check" in names:
         params = [
-            pytest.param((role, check, case.id), id=f"{role}-{check}-{case.id}",
-                         marks=[getattr(pytest.mark, role), pytest.mark.slow])
-            for role in ROLES for case in load_scenarios(options) for check in applicable_checks(case)
+            pytest.param((v.name, check, case.id), id=f"{v.id}-{check}-{case.id}",
+                         marks=[getattr(pytest.mark, v.role), pytest.mark.slow])
+            for v in variants(options) for case in load_scenarios(options) for check in applicable_checks(case)
         ]
         metafunc.parametrize("sunrise_check", params)
-    elif "sunrise_role" in names:
-        roles = getattr(metafunc.function, "sunrise_roles", ROLES)
-        metafunc.parametrize("sunrise_role", [
-            pytest.param(role, id=role, marks=[getattr(pytest.mark, role), pytest.mark.slow]) for role in roles])
+    if "sunrise_gated" in names:
+        metafunc.parametrize("sunrise_gated", [v.name for v in gated(options)], ids=[v.id for v in gated(options)])
     if "sunrise_metric" in names:
-        metrics = list(options.thresholds.__dataclass_fields__)
+        metrics = list(Thresholds.__dataclass_fields__)
         metafunc.parametrize("sunrise_metric", metrics, ids=metrics)
 
 

@@ -13,14 +13,17 @@ from pathlib import Path
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from harness.diff import diff_output
+from harness.gate import CEILINGS
 from harness.plots import loss_curve_png, metrics_bar_png, trend_png
 
 HEADLINE = ("json_valid", "schema_valid", "resource_type", "no_invented_keys", "null_age", "stated_age",
-            "dose_split", "med_count", "field_f1")
+            "dose_split", "med_count", "field_f1", "grounded", "ungrounded_values")
+RATES = HEADLINE[:-1]  # what the bar chart and the trend plot can draw on one 0-1 axis
 _ENV = Environment(loader=PackageLoader("harness", "templates"), autoescape=select_autoescape(["html", "j2"]),
                    trim_blocks=True, lstrip_blocks=True)
 _ENV.filters["pretty"] = lambda obj: json.dumps(obj, indent=2, ensure_ascii=False)
 _ENV.filters["pct"] = lambda x: "–" if x is None else f"{100 * x:.1f}%"
+_ENV.filters["metric"] = lambda x, name: "–" if x is None else (f"{x:g}" if name in CEILINGS else f"{100 * x:.1f}%")
 
 
 def _data_uri(png: bytes) -> str:
@@ -35,28 +38,35 @@ def _atomic_write(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
+def _limit_word(metric: str) -> str:
+    return ">" if metric in CEILINGS else "<"
+
+
 def gate_lines(summary: dict) -> list[str]:
-    """The gate's verdict in plain lines, for the terminal and the report."""
+    """The gate's verdict in plain lines, for the terminal and the report: one block per gated variant."""
     gate = summary.get("gate")
     if not gate:
         return ["gate: not evaluated (the tuned model did not run)"]
-    lines = [f"gate: {'PASSED' if gate['passed'] else 'FAILED'}"]
-    for name, (value, floor) in gate["threshold_misses"].items():
-        lines.append(f"  threshold missed: {name} = {value:.3f} < {floor:.3f}")
-    for name, (value, target) in gate.get("targets_not_met", {}).items():
-        lines.append(f"  target not yet met (reported, not gating): {name} = {value:.3f} < target {target:.3f}")
-    for name, (tuned, base) in gate["worse_than_base"].items():
-        lines.append(f"  worse than base: {name} = {tuned:.3f} < base {base:.3f}")
-    comp = gate.get("comparison")
-    if comp:
-        lines.append(f"  vs baseline {gate['baseline']}: {comp['shared']} shared scenarios, "
-                     f"{len(comp['flipped_to_fail'])} pass->fail, {len(comp['flipped_to_pass'])} fail->pass, "
-                     f"McNemar p={comp['p_value']:.4f}, field-F1 diff {comp['f1_diff']:+.3f} "
-                     f"[{comp['f1_interval'][0]:+.3f}, {comp['f1_interval'][1]:+.3f}]")
-        for reason in comp["reasons"]:
-            lines.append(f"  worse than baseline: {reason}")
-        if comp["flipped_to_fail"]:
-            lines.append("  flipped pass->fail: " + ", ".join(comp["flipped_to_fail"]))
+    lines = [f"gate: {'PASSED' if gate['passed'] else 'FAILED'} ({', '.join(gate['variants'])})"]
+    for variant, v in gate["variants"].items():
+        lines.append(f"  {variant}: {'passed' if v['passed'] else 'FAILED'}")
+        for name, (value, limit) in v["threshold_misses"].items():
+            lines.append(f"    threshold missed: {name} = {value:.3f} {_limit_word(name)} {limit:.3f}")
+        for name, (value, target) in v.get("targets_not_met", {}).items():
+            lines.append(f"    target not yet met (reported, not gating): {name} = {value:.3f} "
+                         f"{_limit_word(name)} target {target:.3f}")
+        for name, (tuned, base) in v["worse_than_base"].items():
+            lines.append(f"    worse than base: {name} = {tuned:.3f} < base {base:.3f}")
+        comp = v.get("comparison")
+        if comp:
+            lines.append(f"    vs baseline {gate['baseline']}: {comp['shared']} shared scenarios, "
+                         f"{len(comp['flipped_to_fail'])} pass->fail, {len(comp['flipped_to_pass'])} fail->pass, "
+                         f"McNemar p={comp['p_value']:.4f}, field-F1 diff {comp['f1_diff']:+.3f} "
+                         f"[{comp['f1_interval'][0]:+.3f}, {comp['f1_interval'][1]:+.3f}]")
+            for reason in comp["reasons"]:
+                lines.append(f"    worse than baseline: {reason}")
+            if comp["flipped_to_fail"]:
+                lines.append("    flipped pass->fail: " + ", ".join(comp["flipped_to_fail"]))
     if not summary.get("complete", True):
         lines.append("  run INCOMPLETE: interrupted before every test finished")
     return lines
@@ -68,12 +78,12 @@ def _rows(summary: dict) -> list[dict]:
         for sid, o in data["scenarios"].items():
             failed = [name for name, c in o["checks"].items() if not c["ok"]]
             rows.append({**o, "role": role, "scenario": sid, "failed": failed,
-                         "diff": diff_output(o["output"], o["expected"])})
+                         "diff": diff_output(o["output"], o["expected"], o["note"])})
         for o in data.get("hypothesis", []):
             if not o["passed"]:
                 failed = [name for name, c in o["checks"].items() if not c["ok"]]
                 rows.append({**o, "role": role, "scenario": "hypothesis (minimal failing note)", "failed": failed,
-                             "diff": diff_output(o["output"], o["expected"])})
+                             "diff": diff_output(o["output"], o["expected"], o["note"])})
     return rows
 
 
@@ -82,7 +92,7 @@ def render_report(summary: dict) -> str:
     return _ENV.get_template("report.html.j2").render(
         s=summary, headline=HEADLINE, metrics=metrics, rows=_rows(summary), gate=gate_lines(summary),
         checks=sorted({c for d in summary["roles"].values() for o in d["scenarios"].values() for c in o["checks"]}),
-        bar=_data_uri(metrics_bar_png(metrics, list(HEADLINE))) if metrics else None,
+        bar=_data_uri(metrics_bar_png(metrics, list(RATES))) if metrics else None,
         loss=_data_uri(loss_curve_png(summary["train_log"])) if summary.get("train_log") else None,
     )
 
@@ -99,9 +109,11 @@ def write_index(report_dir: Path) -> Path:
             s = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
-        tuned = s.get("roles", {}).get("tuned", {})
+        # The first tuned variant stands for the run (summaries before decoding modes key it "tuned").
+        name, tuned = next(((k, d) for k, d in s.get("roles", {}).items() if d.get("role", k) == "tuned"), ("", {}))
         runs.append({"run_id": s.get("run_id", path.parent.name), "created": s.get("created"),
                      "adapter": s.get("options", {}).get("adapter"), "complete": s.get("complete", False),
+                     "decoding": tuned.get("decoding", "free") if tuned else "",
                      "gate": s.get("gate"), "metrics": tuned.get("metrics") or {},
                      "href": f"{path.parent.name}/report.html"})
     trend_runs = [r for r in runs if r["metrics"]]

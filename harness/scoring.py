@@ -14,6 +14,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from harness.grounding import ground_summary
 from harness.schema import RESOURCE_TYPE, allowed_keys, schema_errors
 
 FIELDS = (
@@ -73,6 +74,13 @@ class CaseScore:
     med_count_expected: int
     med_count_predicted: int | None
     fields: dict[str, FieldCounts] = field(default_factory=dict)
+    # Values not found in the note, as 'path: value' (None: scored without the note, not judged).
+    ungrounded: tuple[str, ...] | None = None
+
+    @property
+    def grounded(self) -> bool:
+        """A JSON object came out and every value in it comes from the note."""
+        return self.lenient_json and not self.ungrounded
 
     @property
     def chatty(self) -> bool:
@@ -103,7 +111,7 @@ class CaseScore:
         out = asdict(self)
         out["fields"] = {k: asdict(v) for k, v in self.fields.items()}
         out.update(chatty=self.chatty, dose_split_ok=self.dose_split_ok, med_count_ok=self.med_count_ok,
-                   f1=self.f1)
+                   f1=self.f1, grounded=self.grounded)
         return out
 
 
@@ -134,8 +142,9 @@ def parse_output(text: str) -> tuple[Any, bool]:
     return None, False
 
 
-def score_case(output: str, expected: dict) -> CaseScore:
-    """Score one raw model output against the expected summary. Never raises on any string."""
+def score_case(output: str, expected: dict, note: str | None = None) -> CaseScore:
+    """Score one raw model output against the expected summary (and, given the note it came from,
+    whether every value is grounded in it). Never raises on any string."""
     obj, strict = parse_output(output)
     lenient = isinstance(obj, dict)
     pred = obj if lenient else {}
@@ -160,6 +169,8 @@ def score_case(output: str, expected: dict) -> CaseScore:
         med_count_expected=len(expected["medicationStatement"]),
         med_count_predicted=len(pred_meds) if isinstance(pred.get("medicationStatement"), list) else None,
         fields=field_counts(expected, pred),
+        ungrounded=None if note is None else tuple(f"{g.path}: {json.dumps(g.value, ensure_ascii=False)}"
+                                                   for g in ground_summary(obj, note) if not g.grounded),
     )
 
 
@@ -289,6 +300,7 @@ def _rate(flags: list[bool]) -> float:
 
 def aggregate(scores: list[CaseScore]) -> Aggregate:
     null_age = [s.age_ok for s in scores if s.null_age_case]
+    judged = [s for s in scores if s.ungrounded is not None]
     stated_age = [s.age_ok for s in scores if not s.null_age_case]
     doses_total = sum(s.doses_total for s in scores)
     rates = {
@@ -302,6 +314,8 @@ def aggregate(scores: list[CaseScore]) -> Aggregate:
         "stated_age": _rate(stated_age),
         "dose_split": sum(s.doses_ok for s in scores) / doses_total if doses_total else 1.0,
         "med_count": _rate([s.med_count_ok for s in scores]),
+        "grounded": _rate([s.grounded for s in judged]),
+        "ungrounded_values": float(sum(len(s.ungrounded) for s in judged)),  # a count: lower is better
     }
     fields = {name: sum((s.fields[name] for s in scores), FieldCounts()) for name in FIELDS}
     return Aggregate(cases=len(scores), rates=rates, fields=fields)

@@ -48,6 +48,7 @@ def create_app(models: Mapping[str, Backend], transcriber: Transcriber,
     def status():
         return {
             "dictation": {"enabled": transcriber.enabled, "reason": transcriber.reason},
+            "decoding": settings.decoding,
             "models": {role: dict(m.identity) for role, m in models.items()},
         }
 
@@ -84,14 +85,16 @@ def create_app(models: Mapping[str, Backend], transcriber: Transcriber,
             except InputError as exc:
                 return _error(422, "too_long", f"{exc}. Shorten the note.")
             results[role] = {"output": gen.text, "seconds": round(seconds, 3), "stopped": gen.stopped,
-                             **describe_output(gen.text)}
+                             "error": gen.error,
+                             **describe_output(gen.text, note)}
         return {"results": results}
 
     return app
 
 
 def serve(host: str, port: int, base: ModelSpec, tuned: ModelSpec | None, groq_base_url: str | None = None,
-          whisper_model: str = "whisper-large-v3-turbo", compare_base: bool = False) -> None:
+          whisper_model: str = "whisper-large-v3-turbo", compare_base: bool = False,
+          settings: GenerationSettings = GenerationSettings()) -> None:
     import uvicorn
 
     from harness.models import HFBackend
@@ -103,5 +106,6 @@ def serve(host: str, port: int, base: ModelSpec, tuned: ModelSpec | None, groq_b
         models["base"] = HFBackend(base)
     transcriber = Transcriber(base_url=groq_base_url, model=whisper_model)
     print(f"Sunrise manual testing page on http://{host}:{port}/  (models: {', '.join(models)}; "
-          f"dictation {'on' if transcriber.enabled else 'off: ' + transcriber.reason})", flush=True)
-    uvicorn.run(create_app(models, transcriber), host=host, port=port, log_level="warning")
+          f"decoding {settings.decoding}; dictation {'on' if transcriber.enabled else 'off: ' + transcriber.reason})",
+          flush=True)
+    uvicorn.run(create_app(models, transcriber, settings), host=host, port=port, log_level="warning")

@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 from harness.checks import run_checks
 from harness.environment import versions
 from harness.evaluation import Evaluation, Outcome
-from harness.gate import Comparison, Thresholds, compare
-from harness.models import FakeBackend, GenerationSettings, HFBackend, ModelSpec
+from harness.gate import Comparison, Thresholds, compare, meets
+from harness.grammar import DECODINGS
+from harness.models import Backend, FakeBackend, GenerationSettings, HFBackend, ModelSpec
 from harness.scoring import score_case
 from harness.settings import REFERENCE_ADAPTER
 from scenarios.curated import CURATED, SEED
@@ -24,7 +26,25 @@ ROLES = ("base", "tuned")
 SCENARIO_SETS = ("seed", "curated", "test")
 # Metrics on which the tuned model must be at least as good as the base model.
 NOT_WORSE_METRICS = ("json_valid", "schema_valid", "resource_type", "no_invented_keys", "null_age",
-                     "stated_age", "dose_split", "med_count", "field_f1")
+                     "stated_age", "dose_split", "med_count", "field_f1", "grounded")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A model role decoded one way: each is generated, scored and reported on its own."""
+
+    role: str
+    decoding: str
+
+    @property
+    def name(self) -> str:
+        """Its key in summaries and reports, e.g. 'tuned:grounded'."""
+        return f"{self.role}:{self.decoding}"
+
+    @property
+    def id(self) -> str:
+        """Its part of test ids, e.g. 'tuned-grounded'."""
+        return f"{self.role}-{self.decoding}"
 
 
 @dataclass(frozen=True)
@@ -37,17 +57,27 @@ class SuiteOptions:
     scenario_sets: tuple[str, ...] = SCENARIO_SETS
     test_split_size: int = 100
     baseline: Path | None = None
-    thresholds: Thresholds = field(default_factory=Thresholds)  # the gate's floors
+    thresholds: Mapping[str, Thresholds] = field(default_factory=dict)  # the gate's floors, per decoding mode
     targets: Thresholds = field(default_factory=Thresholds)  # the quality aimed at: reported, never failing
     report_dir: Path = Path("reports")
     cache: bool = True
-    settings: GenerationSettings = field(default_factory=GenerationSettings)
+    settings: GenerationSettings = field(default_factory=GenerationSettings)  # its decoding is replaced per variant
+    decodings: tuple[str, ...] = ("free", "grounded")  # every role is evaluated under each
+    gate_decodings: tuple[str, ...] = ("free", "grounded")  # the tuned variants the gate judges
     fake_outputs: Path | None = None  # a JSON {role: {note: output}} file: scripted backends, no model
+
+    def floors(self, decoding: str) -> Thresholds:
+        """The gate's floors for a decoding mode (the targets where none are configured)."""
+        return self.thresholds.get(decoding, Thresholds())
 
     def __post_init__(self):
         unknown = sorted(set(self.scenario_sets) - set(SCENARIO_SETS))
         if unknown:
             raise ValueError(f"unknown scenario set(s) {unknown}; choose from {', '.join(SCENARIO_SETS)}")
+        for name, modes in (("decoding", self.decodings), ("gate decoding", self.gate_decodings)):
+            wrong = sorted(set(modes) - set(DECODINGS))
+            if wrong or not modes or len(set(modes)) != len(modes):
+                raise ValueError(f"{name} must list distinct modes of {', '.join(DECODINGS)}; got {list(modes)}")
         if self.test_split_size < 0:
             raise ValueError("test split size must be >= 0")
         if self.baseline is not None and not Path(self.baseline).is_file():
@@ -67,17 +97,36 @@ def load_scenarios(options: SuiteOptions) -> list[Case]:
 
 def applicable_checks(case: Case) -> list[str]:
     """Checks that apply to a case, decided from its expected summary alone (known at collection)."""
-    return list(run_checks(score_case(json.dumps(case.expected), case.expected)))
+    return list(run_checks(score_case(json.dumps(case.expected), case.expected, case.note)))
 
 
-def backend_factories(options: SuiteOptions) -> dict:
+def variants(options: SuiteOptions) -> list[Variant]:
+    return [Variant(role, mode) for role in ROLES for mode in options.decodings]
+
+
+def gated(options: SuiteOptions) -> list[Variant]:
+    """The tuned variants the gate judges: the configured gate modes that this run evaluates."""
+    return [v for v in variants(options) if v.role == "tuned" and v.decoding in options.gate_decodings]
+
+
+def backend_factories(options: SuiteOptions) -> dict[str, Callable[[], Backend]]:
+    """A loader per variant; the variants of one role share one loaded model."""
     if options.fake_outputs is not None:
         scripted = json.loads(Path(options.fake_outputs).read_text())
-        return {role: (lambda r=role: FakeBackend(scripted.get(r, {}), name=r)) for role in ROLES}
-    base = ModelSpec(base=options.base_model, quantization=options.quantization)
-    tuned = ModelSpec(base=options.base_model, quantization=options.quantization,
-                      adapter=str(options.adapter) if options.adapter else None)
-    return {"base": lambda: HFBackend(base), "tuned": lambda: HFBackend(tuned)}
+        load = {role: (lambda r=role: FakeBackend(scripted.get(r, {}), name=r)) for role in ROLES}
+    else:
+        base = ModelSpec(base=options.base_model, quantization=options.quantization)
+        tuned = ModelSpec(base=options.base_model, quantization=options.quantization,
+                          adapter=str(options.adapter) if options.adapter else None)
+        load = {"base": lambda: HFBackend(base), "tuned": lambda: HFBackend(tuned)}
+    loaded: dict[str, Backend] = {}
+
+    def shared(role: str) -> Backend:
+        if role not in loaded:
+            loaded[role] = load[role]()
+        return loaded[role]
+
+    return {v.name: (lambda r=v.role: shared(r)) for v in variants(options)}
 
 
 class Suite:
@@ -86,44 +135,55 @@ class Suite:
     def __init__(self, options: SuiteOptions, progress=None):
         self.options = options
         self.scenarios = load_scenarios(options)
-        self.evaluation = Evaluation(self.scenarios, backend_factories(options), options.settings,
+        self.variants = {v.name: v for v in variants(options)}
+        settings = {v.name: replace(options.settings, decoding=v.decoding) for v in self.variants.values()}
+        self.evaluation = Evaluation(self.scenarios, backend_factories(options), settings,
                                      cache=options.cache, progress=progress)
         self.baseline = json.loads(Path(options.baseline).read_text()) if options.baseline else None
         self.started = datetime.now(UTC)
         self.run_id = self.started.strftime("%Y%m%d-%H%M%S")
 
     # ------------------------------------------------------------------ verdicts
-    def outcome(self, role: str, scenario_id: str) -> Outcome:
-        run = self.evaluation.run(role)
+    def outcome(self, variant: str, scenario_id: str) -> Outcome:
+        run = self.evaluation.run(variant)
         if run.error:
-            raise ModelUnavailable(f"{role} model could not be loaded: {run.error}")
+            raise ModelUnavailable(f"{variant} model could not be loaded: {run.error}")
         return run.outcomes[scenario_id]
 
-    def baseline_check_failed(self, role: str, scenario_id: str, check: str) -> bool:
+    def baseline_scenarios(self, variant: str) -> dict | None:
+        """The baseline's per-scenario results of the same role and decoding (like with like). A
+        summary written before decoding modes existed keys its free runs by role alone."""
         if not self.baseline:
-            return False
-        scenario = self.baseline.get("roles", {}).get(role, {}).get("scenarios", {}).get(scenario_id)
+            return None
+        roles, v = self.baseline.get("roles", {}), self.variants[variant]
+        entry = roles.get(v.name) or (roles.get(v.role) if v.decoding == "free" else None)
+        return entry["scenarios"] if entry else None
+
+    def baseline_check_failed(self, variant: str, scenario_id: str, check: str) -> bool:
+        scenario = (self.baseline_scenarios(variant) or {}).get(scenario_id)
         return bool(scenario) and not scenario.get("checks", {}).get(check, {}).get("ok", True)
 
-    def metrics(self, role: str) -> dict[str, float]:
-        run = self.evaluation.run(role)
+    def metrics(self, variant: str) -> dict[str, float]:
+        run = self.evaluation.run(variant)
         if run.error:
-            raise ModelUnavailable(f"{role} model could not be loaded: {run.error}")
+            raise ModelUnavailable(f"{variant} model could not be loaded: {run.error}")
         return run.aggregate().metrics()
 
-    def compare_with_baseline(self, role: str = "tuned") -> Comparison | None:
-        if not self.baseline or role not in self.baseline.get("roles", {}):
+    def compare_with_baseline(self, variant: str) -> Comparison | None:
+        old = self.baseline_scenarios(variant)
+        if old is None:
             return None
-        old = self.baseline["roles"][role]["scenarios"]
-        new = {k: v.to_dict() for k, v in self.evaluation.run(role).outcomes.items()}
+        new = {k: v.to_dict() for k, v in self.evaluation.run(variant).outcomes.items()}
         return compare(new, old)
 
     # ------------------------------------------------------------------ summary
     def summary(self, complete: bool) -> dict:
         roles = {}
-        for role, run in self.evaluation.runs.items():
+        for name, run in self.evaluation.runs.items():
             agg = run.aggregate() if run.outcomes else None
-            roles[role] = {
+            roles[name] = {
+                "role": self.variants[name].role,
+                "decoding": self.variants[name].decoding,
                 "identity": run.identity,
                 "error": run.error,
                 "seconds": round(run.seconds, 1),
@@ -146,9 +206,11 @@ class Suite:
                 "scenario_sets": list(self.options.scenario_sets),
                 "test_split_size": self.options.test_split_size,
                 "baseline": str(self.options.baseline) if self.options.baseline else None,
+                "decodings": list(self.options.decodings),
+                "gate_decodings": list(self.options.gate_decodings),
             },
-            "generation_settings": self.options.settings.to_dict(),
-            "thresholds": asdict(self.options.thresholds),
+            "generation_settings": {name: s.to_dict() for name, s in self.evaluation.settings.items()},
+            "thresholds": {mode: asdict(self.options.floors(mode)) for mode in self.options.gate_decodings},
             "targets": asdict(self.options.targets),
             "versions": versions(),
             "roles": roles,
@@ -157,24 +219,34 @@ class Suite:
         }
 
     def gate_summary(self) -> dict | None:
-        run = self.evaluation.runs.get("tuned")
-        if run is None or not run.outcomes:
+        """The gate's verdict over every gated tuned variant that ran: each is held to the floors, to
+        the base model under the same decoding, and to the baseline's run of the same variant."""
+        judged = {}
+        for v in gated(self.options):
+            run = self.evaluation.runs.get(v.name)
+            if run is None or not run.outcomes:
+                continue
+            tuned = run.aggregate().metrics()
+            misses = self.options.floors(v.decoding).misses(tuned)
+            comparison = self.compare_with_baseline(v.name)
+            base = self.evaluation.runs.get(Variant("base", v.decoding).name)
+            worse_than_base = {}
+            if base is not None and base.outcomes:
+                b = base.aggregate().metrics()
+                worse_than_base = {m: (tuned[m], b[m]) for m in NOT_WORSE_METRICS if not meets(m, tuned[m], b[m])}
+            judged[v.name] = {
+                "passed": not misses and not (comparison and comparison.worse) and not worse_than_base,
+                "threshold_misses": misses,
+                "targets_not_met": self.options.targets.misses(tuned),
+                "worse_than_base": worse_than_base,
+                "comparison": comparison.to_dict() if comparison else None,
+            }
+        if not judged:
             return None
-        tuned = run.aggregate().metrics()
-        misses = self.options.thresholds.misses(tuned)
-        comparison = self.compare_with_baseline()
-        worse_than_base = {}
-        base = self.evaluation.runs.get("base")
-        if base is not None and base.outcomes:
-            b = base.aggregate().metrics()
-            worse_than_base = {m: (tuned[m], b[m]) for m in NOT_WORSE_METRICS if tuned[m] < b[m]}
         return {
-            "passed": not misses and not (comparison and comparison.worse) and not worse_than_base,
-            "threshold_misses": misses,
-            "targets_not_met": self.options.targets.misses(tuned),
-            "worse_than_base": worse_than_base,
+            "passed": all(j["passed"] for j in judged.values()),
             "baseline": str(self.options.baseline) if self.options.baseline else None,
-            "comparison": comparison.to_dict() if comparison else None,
+            "variants": judged,
         }
 
 

@@ -1,8 +1,8 @@
 """The evaluation suite: base and tuned models against every scenario and check, and the gate.
 
 Select with markers: `pytest -m tuned` (the regression run and gate), `pytest -m base` (documents how
-the base model behaves; its failures are expected). Test ids name model, check and scenario, so
-`-k "tuned and age"` or `-k seed-5` work as expected.
+the base model behaves; its failures are expected). Test ids name model, decoding, check and
+scenario, so `-k "tuned and age"`, `-k tuned-grounded` or `-k seed-5` work as expected.
 """
 
 from __future__ import annotations
@@ -11,22 +11,26 @@ import pytest
 from hypothesis import given, settings
 
 from harness.checks import run_checks
-from harness.suite import NOT_WORSE_METRICS, ModelUnavailable
+from harness.gate import CEILINGS, meets
+from harness.suite import NOT_WORSE_METRICS, ModelUnavailable, gated
 from scenarios import profiles
 from scenarios.strategies import clinical_cases
 
 
-def _outcome_or_fail(suite, role, scenario_id):
+def _metrics_or_fail(suite, variant):
     try:
-        return suite.outcome(role, scenario_id)
+        return suite.metrics(variant)
     except ModelUnavailable as exc:
         pytest.fail(str(exc), pytrace=False)
 
 
 def test_check(sunrise_suite, sunrise_check):
     """One check on one model's answer to one scenario (generated once, shared by every check)."""
-    role, check, scenario_id = sunrise_check
-    outcome = _outcome_or_fail(sunrise_suite, role, scenario_id)
+    variant, check, scenario_id = sunrise_check
+    try:
+        outcome = sunrise_suite.outcome(variant, scenario_id)
+    except ModelUnavailable as exc:
+        pytest.fail(str(exc), pytrace=False)
     verdict = outcome.verdicts.get(check)
     if outcome.error:
         message = f"{scenario_id}: the note could not be processed: {outcome.error}"
@@ -34,47 +38,47 @@ def test_check(sunrise_suite, sunrise_check):
         return
     else:
         message = f"{check} failed on {scenario_id}: {verdict.reason}"
-    if role == "base":
+    if sunrise_suite.variants[variant].role == "base":
         pytest.xfail(f"base model (evidence, not a failure): {message}")
     if sunrise_suite.baseline is not None:
         # With a baseline, single-scenario failures are judged by the paired gate below.
-        known = sunrise_suite.baseline_check_failed(role, scenario_id, check)
+        known = sunrise_suite.baseline_check_failed(variant, scenario_id, check)
         pytest.xfail(("also failing in the baseline: " if known else "judged by the baseline gate: ") + message)
     pytest.fail(message, pytrace=False)
 
 
 @pytest.mark.tuned
 @pytest.mark.slow
-def test_threshold(sunrise_suite, sunrise_metric):
-    """The tuned model reaches each floor of [tool.sunrise.thresholds] over the whole scenario set."""
-    try:
-        metrics = sunrise_suite.metrics("tuned")
-    except ModelUnavailable as exc:
-        pytest.fail(str(exc), pytrace=False)
-    floor = getattr(sunrise_suite.options.thresholds, sunrise_metric)
-    assert metrics[sunrise_metric] >= floor, f"{sunrise_metric} = {metrics[sunrise_metric]:.3f} < floor {floor}"
+def test_threshold(sunrise_suite, sunrise_gated, sunrise_metric):
+    """Each gated tuned variant reaches each floor (and stays under each ceiling) of
+    [tool.sunrise.thresholds] (and its sub-table for the variant's decoding) over the whole scenario set."""
+    metrics = _metrics_or_fail(sunrise_suite, sunrise_gated)
+    limit = getattr(sunrise_suite.options.floors(sunrise_suite.variants[sunrise_gated].decoding), sunrise_metric)
+    word = "above ceiling" if sunrise_metric in CEILINGS else "below floor"
+    assert meets(sunrise_metric, metrics[sunrise_metric], limit), \
+        f"{sunrise_metric} = {metrics[sunrise_metric]:.3f}, {word} {limit}"
 
 
 @pytest.mark.tuned
 @pytest.mark.slow
 @pytest.mark.parametrize("metric", NOT_WORSE_METRICS)
-def test_tuned_not_worse_than_base(sunrise_suite, metric):
-    try:
-        tuned, base = sunrise_suite.metrics("tuned"), sunrise_suite.metrics("base")
-    except ModelUnavailable as exc:
-        pytest.fail(str(exc), pytrace=False)
+def test_tuned_not_worse_than_base(sunrise_suite, sunrise_gated, metric):
+    """The tuned model against the base model decoded the same way."""
+    tuned = _metrics_or_fail(sunrise_suite, sunrise_gated)
+    base_variant = "base:" + sunrise_suite.variants[sunrise_gated].decoding
+    base = _metrics_or_fail(sunrise_suite, base_variant)
     assert tuned[metric] >= base[metric], f"tuned {metric} {tuned[metric]:.3f} < base {base[metric]:.3f}"
 
 
 @pytest.mark.tuned
 @pytest.mark.slow
-def test_not_worse_than_baseline(sunrise_suite):
+def test_not_worse_than_baseline(sunrise_suite, sunrise_gated):
     """Paired comparison with --baseline: exact McNemar on pass/fail flips, bootstrap on field F1."""
     if sunrise_suite.baseline is None:
         pytest.skip("no --baseline given")
-    comparison = sunrise_suite.compare_with_baseline()
+    comparison = sunrise_suite.compare_with_baseline(sunrise_gated)
     if comparison is None:
-        pytest.skip("the baseline has no tuned results")
+        pytest.skip(f"the baseline has no {sunrise_gated} results")
     assert not comparison.worse, (
         "worse than the baseline beyond noise: " + "; ".join(comparison.reasons)
         + "; flipped pass->fail: " + ", ".join(comparison.flipped_to_fail))
@@ -83,18 +87,20 @@ def test_not_worse_than_baseline(sunrise_suite):
 @pytest.mark.tuned
 @pytest.mark.slow
 def test_hypothesis_held_out_notes(sunrise_suite):
-    """Drawn notes of held-out concepts, each with its own truth; a failure shrinks to a minimal note."""
+    """Drawn notes of held-out concepts, each with its own truth; a failure shrinks to a minimal note.
+    Each example costs a generation, so it runs under the first gated decoding only."""
+    judged = [v.name for v in gated(sunrise_suite.options)]
+    if not judged:
+        pytest.skip("no gated tuned variant in this run")
+
     @settings(max_examples=profiles.model_examples())
     @given(case=clinical_cases())
     def check(case):
-        outcome = sunrise_suite.evaluation.evaluate_extra("tuned", case)
+        outcome = sunrise_suite.evaluation.evaluate_extra(judged[0], case)
         failed = {k: v.reason for k, v in run_checks(outcome.score).items() if not v.ok}
         assert outcome.error is None and not failed, f"note {case.note!r}: {failed or outcome.error}"
 
-    try:
-        sunrise_suite.metrics("tuned")
-    except ModelUnavailable as exc:
-        pytest.fail(str(exc), pytrace=False)
+    _metrics_or_fail(sunrise_suite, judged[0])
     try:
         check()
     except AssertionError as exc:

@@ -50,22 +50,23 @@ def test_extract_seed_notes_base_and_tuned(tmp_path):
     notes = tmp_path / "notes.jsonl"
     lines = [json.dumps({"id": c.id, "note": c.note}) for c in SEED] + ['{"id": "empty", "note": "  "}', "{oops"]
     notes.write_text("\n".join(lines) + "\n")
-    for adapter, name in ((None, "base"), (str(REFERENCE_ADAPTER), "tuned")):
+    # The base model decoded freely (it cannot write the schema), the tuned one as extract does by default.
+    for extra, name in ((["--decoding", "free"], "base"), (["--adapter", str(REFERENCE_ADAPTER)], "tuned")):
         out = tmp_path / f"{name}.jsonl"
         cmd = [sys.executable, "-m", "harness.cli", "extract", "--input", str(notes), "--output", str(out)]
-        proc = subprocess.run(cmd + (["--adapter", adapter] if adapter else []), capture_output=True, text=True)
+        proc = subprocess.run(cmd + extra, capture_output=True, text=True)
         assert proc.returncode == 1, proc.stderr[-2000:]  # two bad lines: exit code says so, the rest is done
         assert "5 of 7 notes extracted, 2 failed" in proc.stderr and "extract" in proc.stderr  # progress bar
         records = [json.loads(line) for line in out.read_text().splitlines()]
         assert [r["id"] for r in records] == [c.id for c in SEED] + ["empty", "7"]
         assert records[5]["error"] == "the note is empty" and "not a" in records[6]["error"]
         for r in records[:5]:
-            assert set(r) >= {"id", "output", "json", "valid", "seconds"} and isinstance(r["output"], str)
-        valid = sum(r["valid"] for r in records[:5])
+            assert set(r) >= {"id", "output", "json", "valid", "grounded", "ungrounded", "seconds"}
+            assert isinstance(r["output"], str) and r["grounded"] == (r["json"] is not None and not r["ungrounded"])
         if name == "base":
-            assert valid == 0
-        else:
-            assert valid >= 4
+            assert sum(r["valid"] for r in records[:5]) == 0
+        else:  # grounded decoding: valid and grounded by construction
+            assert all(r["valid"] and r["grounded"] and r["ungrounded"] == [] for r in records[:5])
 
 
 @pytest.mark.slow

@@ -52,9 +52,22 @@ def test_thresholds_validate_and_report_misses(tmp_path):
     (tmp_path / "pyproject.toml").write_text("[tool.sunrise.thresholds]\nfield_f1 = 0.5\nbogus = 1\n")
     with pytest.raises(ValueError, match="unknown metric.*thresholds.*bogus"):
         Thresholds.from_pyproject(tmp_path / "pyproject.toml")
-    misses = Thresholds().misses({"json_valid": 1, "schema_valid": 0.9, "null_age": 1, "med_count": 1,
-                                  "field_f1": 0.99})
-    assert misses == {"schema_valid": (0.9, 0.98)}
+    (tmp_path / "pyproject.toml").write_text("[tool.sunrise.thresholds]\nfield_f1 = 0.5\n"
+                                             "[tool.sunrise.thresholds.grounded]\nfield_f1 = 0.8\njson_valid = 1\n")
+    assert Thresholds.from_pyproject(tmp_path / "pyproject.toml", decoding="free").field_f1 == 0.5
+    grounded = Thresholds.from_pyproject(tmp_path / "pyproject.toml", decoding="grounded")
+    assert (grounded.field_f1, grounded.json_valid) == (0.8, 1)  # the mode's sub-table overrides the table
+    (tmp_path / "pyproject.toml").write_text("[tool.sunrise.thresholds.greedy]\nfield_f1 = 0.5\n")
+    with pytest.raises(ValueError, match="unknown metric.*greedy"):
+        Thresholds.from_pyproject(tmp_path / "pyproject.toml")
+    with pytest.raises(ValueError, match="count"):
+        Thresholds(ungrounded_values=-1)
+    misses = Thresholds(ungrounded_values=2).misses({"json_valid": 1, "schema_valid": 0.9, "null_age": 1,
+                                                     "med_count": 1, "field_f1": 0.99, "grounded": 1,
+                                                     "ungrounded_values": 3})
+    assert misses == {"schema_valid": (0.9, 0.98), "ungrounded_values": (3, 2)}  # a floor missed, a ceiling passed
+    assert not Thresholds(ungrounded_values=3).misses({**dict.fromkeys(Thresholds.__dataclass_fields__, 1),
+                                                       "ungrounded_values": 3})
 
 
 @pytest.mark.slow

@@ -162,3 +162,48 @@ def test_broken_adapter_weights_give_a_clear_error(adapter_copy):
     (adapter_copy / "adapter_model.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(AdapterError, match="could not be attached"):
         HFBackend(ModelSpec(quantization="none", adapter=str(adapter_copy)))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("decoding", ["schema", "grounded"])
+def test_constrained_decoding_of_the_base_alone_unquantised_batched(base_fp32, decoding):
+    """The base model cannot write the schema on its own; constrained, every answer is schema v1 in
+    the training serialisation, grounded ones copy every value from their note, and a note's answer
+    does not depend on the batch it shares (float32)."""
+    from harness.grounding import ground_summary
+    from harness.schema import dumps, is_valid
+    from scenarios import CURATED
+
+    notes = [c.note for c in (*SEED, *CURATED)]
+    settings = GenerationSettings(decoding=decoding, batch_size=8)
+    outs = base_fp32.generate(notes, settings)
+    for note, out in zip(notes, outs, strict=True):
+        obj = json.loads(out.text)
+        assert out.error is None and out.stopped and is_valid(obj) and dumps(obj) == out.text
+        if decoding == "grounded":
+            assert all(g.grounded for g in ground_summary(obj, note)), (note, out.text)
+    alone = [base_fp32.generate([n], GenerationSettings(decoding=decoding))[0].text for n in notes[:4]]
+    assert alone == [o.text for o in outs[:4]]
+
+
+@pytest.mark.slow
+def test_reference_adapter_under_each_decoding_in_nf4():
+    from harness.grounding import ground_summary
+    from harness.schema import validate_text
+    from harness.scoring import aggregate, score_case
+    from harness.settings import REFERENCE_ADAPTER
+
+    if not (REFERENCE_ADAPTER / "adapter_model.safetensors").is_file():
+        pytest.skip("reference adapter not built yet")
+    tuned = HFBackend(ModelSpec(quantization="nf4", adapter=str(REFERENCE_ADAPTER)))
+    notes = [c.note for c in SEED]
+    f1 = {}
+    for decoding in ("free", "schema", "grounded"):
+        outs = tuned.generate(notes, GenerationSettings(decoding=decoding))
+        f1[decoding] = aggregate([score_case(o.text, c.expected, c.note) for o, c in zip(outs, SEED, strict=True)])
+        if decoding != "free":
+            assert all(validate_text(o.text) == [] for o in outs)
+        if decoding == "grounded":
+            assert all(g.grounded for o, n in zip(outs, notes, strict=True)
+                       for g in ground_summary(json.loads(o.text), n))
+    assert f1["grounded"].metrics()["field_f1"] >= 0.9 and f1["grounded"].metrics()["grounded"] == 1.0

@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 
-from harness.models import FakeBackend, HFBackend, ModelSpec
+from harness.models import FakeBackend, GenerationSettings, HFBackend, ModelSpec
 from harness.schema import dumps
 from harness.server import create_app
 from harness.settings import REFERENCE_ADAPTER
@@ -44,10 +44,12 @@ def _dictate(page):
 
 
 def test_dictate_then_extract_with_the_real_model(spoken_note, fake_groq):
+    """Grounded decoding: whatever the model writes, every value is in the note and marked there."""
     if not (REFERENCE_ADAPTER / "adapter_model.safetensors").is_file():
         pytest.skip("reference adapter not built yet")
     tuned = HFBackend(ModelSpec(quantization="nf4", adapter=str(REFERENCE_ADAPTER)))
-    app = create_app({"tuned": tuned}, Transcriber(api_key=KEY, base_url=fake_groq.url))
+    app = create_app({"tuned": tuned}, Transcriber(api_key=KEY, base_url=fake_groq.url),
+                     GenerationSettings(decoding="grounded"))
     with running(app) as url, browser(_mic(spoken_note)) as b:
         page = b.new_page(viewport={"width": 1200, "height": 900})
         page.goto(url)
@@ -60,8 +62,10 @@ def test_dictate_then_extract_with_the_real_model(spoken_note, fake_groq):
         assert len(upload.data) > 1000 and upload.data[:4] == b"\x1aE\xdf\xa3"  # a real webm recording
         page.click("#extract")
         page.wait_for_selector("#valid-tuned", timeout=120_000)
-        assert page.inner_text("#valid-tuned") == "schema v1 valid"
+        assert page.inner_text("#valid-tuned") == "schema v1 valid · every value in the note"
         assert '"resourceType": "SunriseEMRClinicalSummary"' in page.inner_text("#json-tuned")
+        assert page.inner_text("#note-tuned") == fake_groq.text and page.locator("#note-tuned mark").count() >= 2
+        assert page.locator("#ungrounded-tuned").count() == 0
         assert "transcription" in page.inner_text("#timings") and "tuned model" in page.inner_text("#timings")
         screenshot(page, "manual-page-after-extraction.png")
 
@@ -87,8 +91,32 @@ def test_faults_show_a_message_and_keep_the_note(spoken_note, fake_groq):
         page.fill("#note", SEED[0].note)
         page.click("#extract")
         page.wait_for_selector("#valid-base")  # base and tuned side by side
-        assert page.inner_text("#valid-tuned") == "schema v1 valid"
+        assert page.inner_text("#valid-tuned") == "schema v1 valid · every value in the note"
         assert page.inner_text("#valid-base") == "not schema-valid"
+
+
+def test_an_invented_drug_turns_the_badge_red_and_is_named(fake_groq):
+    """The study's first failure: a drug the note does not name, under an otherwise valid summary."""
+    note = fake_groq.text  # "... Rx: Amoxicillin 500mg."
+    invented = {"resourceType": "SunriseEMRClinicalSummary",
+                "patient": {"name": "Oleg Novak", "ageInt": 61, "gender": None},
+                "reasonCode": [{"text": "pneumonia"}],
+                "medicationStatement": [{"medication": "Amlin", "dose": {"value": 500, "unit": "mg"}}]}
+    app = create_app({"tuned": FakeBackend({note: dumps(invented)}, name="tuned")}, Transcriber(api_key=None))
+    with running(app) as url, browser() as b:
+        page = b.new_page(viewport={"width": 1200, "height": 900})
+        page.goto(url)
+        page.fill("#note", note)
+        page.click("#extract")
+        page.wait_for_selector("#valid-tuned")
+        badge = page.locator("#valid-tuned")
+        assert badge.inner_text() == "schema v1 valid · 1 value not in the note"
+        assert "bad" in badge.get_attribute("class")
+        assert 'medicationStatement[0].medication = "Amlin"' in page.inner_text("#ungrounded-tuned")
+        marks = page.locator("#note-tuned mark")
+        assert [marks.nth(i).inner_text() for i in range(marks.count())] == ["Oleg Novak", "61", "pneumonia", "500"]
+        assert marks.nth(0).get_attribute("title") == "patient.name"
+        screenshot(page, "manual-page-ungrounded-value.png")
 
 
 def test_without_a_key_dictation_is_disabled_with_a_reason(monkeypatch):

@@ -53,7 +53,7 @@ def test_tuned_run_passes_and_writes_summary_and_report(project):
     assert result.ret == 0, result.stdout.str()[-3000:]
     result.stdout.fnmatch_lines(["*gate: PASSED*", "*report: *report.html*", "*summary: *summary.json*"])
     summary = json.loads(next((project.path / "reports").glob("*/summary.json")).read_text())
-    assert summary["gate"]["passed"] and summary["roles"]["tuned"]["metrics"]["field_f1"] == 1.0
+    assert summary["gate"]["passed"] and summary["roles"]["tuned:free"]["metrics"]["field_f1"] == 1.0
     assert (project.path / "reports" / "index.html").is_file()
 
 
@@ -62,14 +62,15 @@ def test_base_failures_are_expected_failures_not_red(project):
     result = _run(project, "-m", "base", "--fake-outputs", str(fake), "-rx")
     outcomes = result.parseoutcomes()
     assert result.ret == 0 and outcomes["xfailed"] > 50 and "failed" not in outcomes
-    result.stdout.fnmatch_lines(["*XFAIL*test_check?base-no_invented_keys-seed-1?*invented keys: name, symptoms*"])
+    result.stdout.fnmatch_lines(["*XFAIL*test_check?base-free-no_invented_keys-seed-1?*invented keys: name, symptoms*"])
 
 
 def test_test_ids_select_by_model_check_and_scenario(project):
     fake = _outputs(project.path / "fake.json")
     result = _run(project, "-m", "tuned", "--fake-outputs", str(fake), "-k", "age and seed-5", "-v")
-    result.stdout.fnmatch_lines(["*test_check?tuned-age-seed-5? PASSED*"])
-    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*test_check?tuned-free-age-seed-5? PASSED*",
+                                 "*test_check?tuned-grounded-age-seed-5? PASSED*"])
+    result.assert_outcomes(passed=2)  # one per decoding mode of the gate
 
 
 def test_gate_fails_on_missed_threshold_and_names_flipped_scenarios(project):
@@ -85,10 +86,10 @@ def test_gate_fails_on_missed_threshold_and_names_flipped_scenarios(project):
         "*gate: FAILED*",
         "*threshold missed: json_valid = 0.632 < 1.000*",
         "*flipped pass->fail: meds-4, no-name, seed-1, seed-2, seed-3, seed-4, seed-5*",
-        "*FAILED*test_threshold?json_valid?*",
+        "*FAILED*test_threshold?tuned-free-json_valid?*",
         "*FAILED*test_not_worse_than_baseline*",
     ])
-    assert "test_check[tuned-no_chatter-seed-1] FAILED" not in result.stdout.str()  # judged by the gate
+    assert "test_check[tuned-free-no_chatter-seed-1] FAILED" not in result.stdout.str()  # judged by the gate
 
 
 def test_one_flip_is_noise_for_the_paired_gate(project):
@@ -98,7 +99,7 @@ def test_one_flip_is_noise_for_the_paired_gate(project):
     one = _outputs(project.path / "one.json", broken=["seed-1"])
     result = _run(project, "-m", "tuned", "--fake-outputs", str(one), "--baseline", str(baseline),
                   "-k", "baseline", "-v")
-    result.stdout.fnmatch_lines(["*test_not_worse_than_baseline PASSED*"])
+    result.stdout.fnmatch_lines(["*test_not_worse_than_baseline?tuned-free? PASSED*"])
 
 
 def test_thresholds_come_from_pyproject_and_options(project):
@@ -128,7 +129,7 @@ def test_broken_adapter_fails_every_tuned_test_with_one_clear_message(project, t
     (adapter / "adapter_model.bin").write_bytes(b"pickle")
     result = _run(project, "-m", "tuned", "--adapter", str(adapter), "-k", "seed-1 and age")
     assert result.ret == 1
-    result.stdout.fnmatch_lines(["*tuned model could not be loaded*pickled adapter_model.bin*"])
+    result.stdout.fnmatch_lines(["*tuned:free model could not be loaded*pickled adapter_model.bin*"])
 
 
 def test_interrupted_run_leaves_a_valid_report_marked_incomplete(project):
@@ -140,6 +141,6 @@ def test_interrupted_run_leaves_a_valid_report_marked_incomplete(project):
     result = _run(project, "-m", "base or tuned", "--fake-outputs", str(fake))
     assert result.ret == 2  # interrupted
     summary = json.loads(next((project.path / "reports").glob("*/summary.json")).read_text())
-    assert summary["complete"] is False and summary["roles"]["base"]["scenarios"]
+    assert summary["complete"] is False and summary["roles"]["base:free"]["scenarios"]
     html = next((project.path / "reports").glob("*/report.html")).read_text()
     assert 'id="incomplete"' in html and "</html>" in html

@@ -16,7 +16,8 @@ HTML_CASE = next(c for c in CURATED if c.id == "html-in-note")
 
 
 def _summary(tmp_path, complete=True, tuned_breaks=()):
-    options = SuiteOptions(adapter=None, scenario_sets=("seed", "curated"), report_dir=tmp_path)
+    options = SuiteOptions(adapter=None, scenario_sets=("seed", "curated"), report_dir=tmp_path,
+                           decodings=("free",), gate_decodings=("free",))
     suite = Suite(options)
     cases = suite.scenarios
     tuned = {c.note: dumps(c.expected) for c in cases}
@@ -24,10 +25,10 @@ def _summary(tmp_path, complete=True, tuned_breaks=()):
         case = next(c for c in cases if c.id == cid)
         tuned[case.note] = dumps({**case.expected, "symptoms": ["x"]})
     suite.evaluation = Evaluation(cases, {
-        "base": lambda: FakeBackend(lambda n: "Sure! " + n + " <b>bold</b>", name="base"),
-        "tuned": lambda: FakeBackend(tuned, name="tuned"),
+        "base:free": lambda: FakeBackend(lambda n: "Sure! " + n + " <b>bold</b>", name="base"),
+        "tuned:free": lambda: FakeBackend(tuned, name="tuned"),
     }, cache=False)
-    suite.evaluation.run("base"), suite.evaluation.run("tuned")
+    suite.evaluation.run("base:free"), suite.evaluation.run("tuned:free")
     return suite.summary(complete=complete)
 
 
