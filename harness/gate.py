@@ -13,8 +13,6 @@ from dataclasses import asdict, dataclass, field, fields
 from math import comb
 from pathlib import Path
 
-from harness.grammar import DECODINGS
-
 
 @dataclass(frozen=True)
 class Thresholds:
@@ -44,17 +42,16 @@ class Thresholds:
 
     @classmethod
     def from_pyproject(cls, path: Path, table: str = "thresholds", decoding: str | None = None) -> Thresholds:
-        """The table's values; a sub-table named after a decoding mode ([tool.sunrise.thresholds.grounded])
-        overrides them for that mode."""
-        values = _sunrise_table(path, table)
-        modes = {k: v for k, v in values.items() if isinstance(v, dict)}
-        values = {k: v for k, v in values.items() if k not in modes}
-        unknown = sorted(set(values) - {f.name for f in fields(cls)}) + sorted(set(modes) - set(DECODINGS))
-        for mode, sub in modes.items():
-            unknown += [f"{mode}.{k}" for k in sorted(set(sub) - {f.name for f in fields(cls)})]
-        if unknown:
-            raise ValueError(f"unknown metric(s) in {path} [tool.sunrise.{table}]: {', '.join(unknown)}")
-        return cls(**{**values, **modes.get(decoding, {})})
+        """The table's values; for a decoding mode, [tool.sunrise.<table>-<mode>] (e.g.
+        [tool.sunrise.thresholds-grounded]) overrides them."""
+        values = {}
+        for name in (table, f"{table}-{decoding}" if decoding else None):
+            sub = _sunrise_table(path, name) if name else {}
+            unknown = sorted(set(sub) - {f.name for f in fields(cls)})
+            if unknown:
+                raise ValueError(f"unknown metric(s) in {path} [tool.sunrise.{name}]: {', '.join(unknown)}")
+            values.update(sub)
+        return cls(**values)
 
     def with_overrides(self, overrides: dict[str, float]) -> Thresholds:
         return Thresholds(**{**asdict(self), **overrides})

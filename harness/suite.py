@@ -12,7 +12,7 @@ from pathlib import Path
 
 from harness.checks import run_checks
 from harness.environment import versions
-from harness.evaluation import Evaluation, Outcome
+from harness.evaluation import Evaluation, Outcome, evaluate_output
 from harness.gate import Comparison, Thresholds, compare, meets
 from harness.grammar import DECODINGS
 from harness.models import Backend, FakeBackend, GenerationSettings, HFBackend, ModelSpec
@@ -140,6 +140,7 @@ class Suite:
         self.evaluation = Evaluation(self.scenarios, backend_factories(options), settings,
                                      cache=options.cache, progress=progress)
         self.baseline = json.loads(Path(options.baseline).read_text()) if options.baseline else None
+        self._rescored: dict[str, dict | None] = {}
         self.started = datetime.now(UTC)
         self.run_id = self.started.strftime("%Y%m%d-%H%M%S")
 
@@ -151,13 +152,20 @@ class Suite:
         return run.outcomes[scenario_id]
 
     def baseline_scenarios(self, variant: str) -> dict | None:
-        """The baseline's per-scenario results of the same role and decoding (like with like). A
-        summary written before decoding modes existed keys its free runs by role alone."""
+        """The baseline's per-scenario results of the same role and decoding (like with like), its
+        recorded outputs scored again by today's checks, so a check added since the baseline was
+        recorded judges both runs alike. A summary written before decoding modes existed keys its
+        free runs by role alone."""
         if not self.baseline:
             return None
-        roles, v = self.baseline.get("roles", {}), self.variants[variant]
-        entry = roles.get(v.name) or (roles.get(v.role) if v.decoding == "free" else None)
-        return entry["scenarios"] if entry else None
+        if variant not in self._rescored:
+            roles, v = self.baseline.get("roles", {}), self.variants[variant]
+            entry = roles.get(v.name) or (roles.get(v.role) if v.decoding == "free" else None)
+            self._rescored[variant] = None if entry is None else {
+                sid: evaluate_output(Case(sid, o["note"], o["expected"], tuple(o.get("tags", ()))), o["output"],
+                                     o.get("error")).to_dict()
+                for sid, o in entry["scenarios"].items()}
+        return self._rescored[variant]
 
     def baseline_check_failed(self, variant: str, scenario_id: str, check: str) -> bool:
         scenario = (self.baseline_scenarios(variant) or {}).get(scenario_id)

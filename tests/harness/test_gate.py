@@ -53,13 +53,13 @@ def test_thresholds_validate_and_report_misses(tmp_path):
     with pytest.raises(ValueError, match="unknown metric.*thresholds.*bogus"):
         Thresholds.from_pyproject(tmp_path / "pyproject.toml")
     (tmp_path / "pyproject.toml").write_text("[tool.sunrise.thresholds]\nfield_f1 = 0.5\n"
-                                             "[tool.sunrise.thresholds.grounded]\nfield_f1 = 0.8\njson_valid = 1\n")
+                                             "[tool.sunrise.thresholds-grounded]\nfield_f1 = 0.8\njson_valid = 1\n")
     assert Thresholds.from_pyproject(tmp_path / "pyproject.toml", decoding="free").field_f1 == 0.5
     grounded = Thresholds.from_pyproject(tmp_path / "pyproject.toml", decoding="grounded")
     assert (grounded.field_f1, grounded.json_valid) == (0.8, 1)  # the mode's sub-table overrides the table
-    (tmp_path / "pyproject.toml").write_text("[tool.sunrise.thresholds.greedy]\nfield_f1 = 0.5\n")
-    with pytest.raises(ValueError, match="unknown metric.*greedy"):
-        Thresholds.from_pyproject(tmp_path / "pyproject.toml")
+    (tmp_path / "pyproject.toml").write_text("[tool.sunrise.thresholds-grounded]\nf1 = 0.5\n")
+    with pytest.raises(ValueError, match="unknown metric.*thresholds-grounded.*f1"):
+        Thresholds.from_pyproject(tmp_path / "pyproject.toml", decoding="grounded")
     with pytest.raises(ValueError, match="count"):
         Thresholds(ungrounded_values=-1)
     misses = Thresholds(ungrounded_values=2).misses({"json_valid": 1, "schema_valid": 0.9, "null_age": 1,
