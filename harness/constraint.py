@@ -8,7 +8,7 @@ token is, so a constrained answer ends the moment its JSON closes.
 
 Closing: a row that reaches its ordinary bound (where free decoding would cut it off) is not cut;
 it is steered to close instead: among the allowed tokens it may only take those that end a string,
-a list or an object (or a comma before a number's unit) where there are any. Every value of the
+a list or an object (or a comma before a number's unit) where there are any, a string first. Every value of the
 grammar is short or closable at its next word end, so a row then finishes within `close_reserve`
 tokens; a row that does not (it cannot, unless the grammar is broken) gets an error, and the
 other rows go on.
@@ -23,8 +23,14 @@ from harness.grammar import grammar_for
 from harness.grounding import note_chunks
 from harness.schema import dumps, empty_summary
 
-# Characters of the tokens that close what is open, in order of preference when a row must close.
-_CLOSERS = (frozenset('"]}'), frozenset('"]},'))
+# The tokens a closing row prefers, in order: those that end a string (a quote, perhaps with brackets
+# after it: inside a string, brackets alone are text and would never end it), those that end a list
+# or object, and those that also pass a comma (after a number, before its unit).
+_CLOSERS = (
+    lambda text: text.startswith('"') and set(text) <= set('"]}'),
+    lambda text: set(text) <= set("]}"),
+    lambda text: set(text) <= set('"]},'),
+)
 
 
 @dataclass
@@ -51,9 +57,9 @@ class ConstraintTokenizer:
         self.executor = llguidance.LLExecutor()
         self.stop_ids = list(stop_ids)
         self.closers = []
-        for chars in _CLOSERS:
-            ids = [i for i in range(self.size) if not self.ll.is_special_token(i)
-                   and (text := self.ll.decode_bytes([i]).decode("utf-8", "replace")) and set(text) <= chars]
+        texts = [self.ll.decode_bytes([i]).decode("utf-8", "replace") for i in range(self.size)]
+        for closes in _CLOSERS:
+            ids = [i for i, text in enumerate(texts) if text and not self.ll.is_special_token(i) and closes(text)]
             flags = np.zeros(self.size, dtype=bool)
             flags[ids + self.stop_ids] = True
             self.closers.append(torch.from_numpy(flags))
