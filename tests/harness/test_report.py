@@ -82,7 +82,7 @@ def test_report_in_headless_chromium_shows_script_as_text_and_filters(tmp_path):
         assert dialogs == []  # the note's script never ran
         assert page.evaluate("document.querySelectorAll('main script').length") == 0
         page.check("#failures-only")
-        page.select_option("#role-filter", "tuned")
+        page.select_option("#role-filter", "tuned:free")
         assert page.locator(".scenario-row:visible").count() == 2
         page.select_option("#check-filter", "no_invented_keys")
         assert page.locator(".scenario-row:visible").count() == 2
