@@ -1,3 +1,4 @@
-"""The project's pytest front: load the Sunrise plugin (all logic lives in harness/)."""
+"""The project's pytest front. The Sunrise plugin itself is installed (entry point `pytest11`, see
+pyproject.toml), so its options parse before rootdir discovery; all its logic lives in harness/."""
 
-pytest_plugins = ["harness.pytest_plugin", "pytester"]
+pytest_plugins = ["pytester"]

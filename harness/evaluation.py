@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from harness.checks import Verdict, run_checks
 from harness.errors import HarnessError
-from harness.generation import Generator
+from harness.generation import Generator, Result
 from harness.models import Backend, GenerationSettings
 from harness.scoring import Aggregate, CaseScore, aggregate, score_case
 from scenarios.notes import Case
@@ -52,7 +52,8 @@ class RoleRun:
 
     identity: dict = field(default_factory=dict)
     outcomes: dict[str, Outcome] = field(default_factory=dict)
-    extra: list[Outcome] = field(default_factory=list)  # hypothesis-drawn cases, in the order drawn
+    extra: dict | None = None  # the property search: its cost and minimal failing note (harness.property_search)
+    drawn: dict[str, Result] = field(default_factory=dict)  # extra notes generated ahead, in one batch
     error: str | None = None
     seconds: float = 0.0
     generator: Generator | None = None
@@ -111,15 +112,26 @@ class Evaluation:
         run.seconds = time.perf_counter() - t0
         return run
 
+    def prefetch(self, role: str, notes: list[str]) -> None:
+        """Generate extra notes (hypothesis-drawn) in one batched pass, for evaluate_extra to find."""
+        run = self._loaded(role)
+        todo = list(dict.fromkeys(n for n in notes if n not in run.drawn))
+        run.drawn.update(zip(todo, run.generator.run(todo), strict=True))
+
+    def has_generated(self, role: str, note: str) -> bool:
+        return note in self._loaded(role).drawn
+
     def evaluate_extra(self, role: str, case: Case) -> Outcome:
-        """One extra case (hypothesis-drawn) through the role's model and cache."""
+        """One extra case through the role's model and cache (or the batch prefetch left for it)."""
+        run = self._loaded(role)
+        res = run.drawn.get(case.note) or run.generator.run([case.note])[0]
+        run.drawn[case.note] = res
+        gen = res.generation
+        return evaluate_output(case, gen.text if gen else None, res.error, gen.seconds if gen else 0.0,
+                               bool(gen and gen.cached), bool(gen and gen.stopped))
+
+    def _loaded(self, role: str) -> RoleRun:
         run = self.run(role)
         if run.error:
             raise HarnessError(run.error)
-        res = run.generator.run([case.note])[0]
-        gen = res.generation
-        outcome = evaluate_output(case, gen.text if gen else None, res.error, gen.seconds if gen else 0.0,
-                                  bool(gen and gen.cached), bool(gen and gen.stopped))
-        run.extra.append(outcome)
-        return outcome
-
+        return run

@@ -79,11 +79,11 @@ def _rows(summary: dict) -> list[dict]:
             failed = [name for name, c in o["checks"].items() if not c["ok"]]
             rows.append({**o, "role": role, "scenario": sid, "failed": failed,
                          "diff": diff_output(o["output"], o["expected"], o["note"])})
-        for o in data.get("hypothesis", []):
-            if not o["passed"]:
-                failed = [name for name, c in o["checks"].items() if not c["ok"]]
-                rows.append({**o, "role": role, "scenario": "hypothesis (minimal failing note)", "failed": failed,
-                             "diff": diff_output(o["output"], o["expected"], o["note"])})
+        o = (data.get("hypothesis") or {}).get("minimal_failure")
+        if o:
+            failed = [name for name, c in o["checks"].items() if not c["ok"]]
+            rows.append({**o, "role": role, "scenario": "hypothesis (minimal failing note)", "failed": failed,
+                         "diff": diff_output(o["output"], o["expected"], o["note"])})
     return rows
 
 

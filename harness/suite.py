@@ -16,11 +16,14 @@ from harness.evaluation import Evaluation, Outcome, evaluate_output
 from harness.gate import Comparison, Thresholds, compare, meets
 from harness.grammar import DECODINGS
 from harness.models import Backend, FakeBackend, GenerationSettings, HFBackend, ModelSpec
+from harness.property_search import SearchResult, search
 from harness.scoring import score_case
 from harness.settings import REFERENCE_ADAPTER
+from scenarios import profiles
 from scenarios.curated import CURATED, SEED
 from scenarios.notes import Case
 from scenarios.splits import generate_split
+from scenarios.strategies import clinical_cases
 
 ROLES = ("base", "tuned")
 SCENARIO_SETS = ("seed", "curated", "test")
@@ -177,6 +180,18 @@ class Suite:
             raise ModelUnavailable(f"{variant} model could not be loaded: {run.error}")
         return run.aggregate().metrics()
 
+    def property_search(self, variant: str) -> SearchResult:
+        """Hypothesis-drawn notes of held-out concepts through the variant's model, drawn in one batch,
+        a failure shrunk within the profile's budget; its cost and minimal failure go in the summary."""
+        run = self.evaluation.run(variant)
+        if run.error:
+            raise ModelUnavailable(f"{variant} model could not be loaded: {run.error}")
+        result = search(self.evaluation, variant, clinical_cases(), profiles.model_examples(),
+                        profiles.shrink_budget(), self.evaluation.progress)
+        failure = result.minimal_failure
+        run.extra = {"stats": result.stats.to_dict(), "minimal_failure": failure.to_dict() if failure else None}
+        return result
+
     def compare_with_baseline(self, variant: str) -> Comparison | None:
         old = self.baseline_scenarios(variant)
         if old is None:
@@ -198,7 +213,7 @@ class Suite:
                 "metrics": agg.metrics() if agg else {},
                 "fields": agg.to_dict()["fields"] if agg else {},
                 "scenarios": {k: v.to_dict() for k, v in run.outcomes.items()},
-                "hypothesis": [o.to_dict() for o in run.extra],
+                "hypothesis": run.extra,
                 "cache": ({"hits": run.generator.cache.hits, "misses": run.generator.cache.misses}
                           if run.generator and run.generator.cache else None),
             }

@@ -7,8 +7,11 @@ import os
 
 from hypothesis import HealthCheck, Verbosity, settings
 
-# Model-facing property tests pay one generation per example, so they draw fewer.
+# Model-facing property tests pay one generation per example, so they draw fewer (generated in one
+# batch), and shrinking a failure, one generation per attempt, stops after a budget in seconds:
+# enough on 2 CPU cores for a few dozen short attempts, a small part of a run (harness.property_search).
 MODEL_EXAMPLES = {"dev": 6, "ci": 8, "nightly": 100, "debug": 3}
+SHRINK_SECONDS = {"dev": 60.0, "ci": 60.0, "nightly": 600.0, "debug": 30.0}
 
 settings.register_profile("dev", max_examples=50, deadline=None)
 settings.register_profile("ci", max_examples=50, deadline=None, derandomize=True, database=None,
@@ -29,3 +32,7 @@ def load(name: str | None = None) -> str:
 
 def model_examples() -> int:
     return MODEL_EXAMPLES.get(settings._current_profile, MODEL_EXAMPLES["dev"])
+
+
+def shrink_budget() -> float:
+    return SHRINK_SECONDS.get(settings._current_profile, SHRINK_SECONDS["dev"])

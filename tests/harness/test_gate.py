@@ -85,7 +85,7 @@ def test_damaged_adapter_fails_the_gate_against_the_reference_baseline(pytester)
     shutil.copy(ROOT / "tests" / "evaluation" / "test_models.py", pytester.path / "tests")
     shutil.copy(ROOT / "pyproject.toml", pytester.path)
     result = pytester.runpytest_subprocess(
-        "-p", "harness.pytest_plugin", "-p", "no:cacheprovider", "-m", "tuned", "-k", "not hypothesis",
+        "-p", "no:cacheprovider", "-m", "tuned", "-k", "not hypothesis",
         "--adapter", str(damaged), "--baseline", str(REFERENCE_BASELINE), "--scenario-sets", "seed,curated",
         "--report-dir", str(pytester.path / "reports"))
     assert result.ret == 1

@@ -37,7 +37,7 @@ def _outputs(path: Path, broken=(), base_good=False) -> Path:
 
 
 def _run(pytester, *args):
-    return pytester.runpytest_subprocess("-p", "harness.pytest_plugin", "-p", "no:cacheprovider",
+    return pytester.runpytest_subprocess("-p", "no:cacheprovider",
                                          "--report-dir", str(pytester.path / "reports"), *SETS, *args)
 
 
@@ -144,3 +144,28 @@ def test_interrupted_run_leaves_a_valid_report_marked_incomplete(project):
     assert summary["complete"] is False and summary["roles"]["base:free"]["scenarios"]
     html = next((project.path / "reports").glob("*/report.html")).read_text()
     assert 'id="incomplete"' in html and "</html>" in html
+
+
+@pytest.mark.parametrize("form", ["--opt value", "--opt=value"])
+def test_gate_takes_paths_outside_the_checkout_from_another_directory(pytester, adapter_copy, tmp_path, form):
+    """The plugin is installed (pytest11), so an existing path given as an option's value is parsed
+    as that value, never taken for a test path whose folder would become pytest's rootdir."""
+    reports = tmp_path / "elsewhere" / "reports"
+    reports.mkdir(parents=True)  # an existing folder: the case pytest used to mistake for a test path
+    fake = _outputs(tmp_path / "fake.json")
+    first = pytester.runpytest_subprocess(str(SUITE), "-p", "no:cacheprovider", "-m", "tuned", *SETS,
+                                          "-k", "not hypothesis", "--fake-outputs", str(fake),
+                                          "--baseline", "none", "--report-dir", str(reports))
+    assert first.ret == 0, first.stdout.str()[-2000:]
+    baseline = next(reports.glob("*/summary.json")).resolve()
+    options = {"--adapter": adapter_copy, "--baseline": baseline, "--report-dir": reports}
+    paths = [a for name, value in options.items()
+             for a in ((name, str(value)) if form == "--opt value" else (f"{name}={value}",))]
+    result = pytester.runpytest_subprocess(str(SUITE), "-p", "no:cacheprovider", "-m", "tuned", *SETS,
+                                           "-k", "not hypothesis", "--fake-outputs", str(fake), *paths)
+    assert result.ret == 0, result.stdout.str()[-2000:] + result.stderr.str()[-2000:]
+    assert pytester.path != ROOT and f"rootdir: {ROOT}" in result.stdout.str()
+    result.stdout.fnmatch_lines(["*gate: PASSED*", f"*vs baseline {baseline}*"])
+    newest = max(reports.glob("*/summary.json"), key=lambda p: p.stat().st_mtime_ns)
+    summary = json.loads(newest.read_text())
+    assert summary["options"]["adapter"] == str(adapter_copy) and summary["options"]["baseline"] == str(baseline)
