@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import base64
 import json
+from collections import Counter
 from pathlib import Path
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-from harness.diff import diff_output
+from harness.diff import diff_output, field_of, field_rows
 from harness.gate import CEILINGS
+from harness.grounding import ground_summary, note_segments
 from harness.plots import loss_curve_png, metrics_bar_png, trend_png
+from harness.scoring import parse_output
 
 HEADLINE = ("json_valid", "schema_valid", "resource_type", "no_invented_keys", "null_age", "stated_age",
             "dose_split", "med_count", "field_f1", "grounded", "ungrounded_values")
@@ -72,26 +75,50 @@ def gate_lines(summary: dict) -> list[str]:
     return lines
 
 
-def _rows(summary: dict) -> list[dict]:
+def _row(role: str, scenario: str, o: dict) -> dict:
+    diff = diff_output(o["output"], o["expected"], o["note"])
+    obj, _ = parse_output(o["output"] or "")
+    return {**o, "role": role, "scenario": scenario, "failed": [n for n, c in o["checks"].items() if not c["ok"]],
+            "diff": diff, "kinds": sorted({d["kind"] for d in diff}),
+            "fields": sorted({field_of(d["path"]) for d in diff}),
+            "field_rows": field_rows(o["output"], o["expected"], o["note"]),
+            "segments": note_segments(o["note"], [g for g in ground_summary(obj, o["note"]) if g.grounded])}
+
+
+def scenario_rows(summary: dict) -> list[dict]:
+    """Every scenario of every variant, failures first (then in run order), and each variant's
+    minimal failing hypothesis note."""
     rows = []
     for role, data in summary["roles"].items():
-        for sid, o in data["scenarios"].items():
-            failed = [name for name, c in o["checks"].items() if not c["ok"]]
-            rows.append({**o, "role": role, "scenario": sid, "failed": failed,
-                         "diff": diff_output(o["output"], o["expected"], o["note"])})
-        o = (data.get("hypothesis") or {}).get("minimal_failure")
-        if o:
-            failed = [name for name, c in o["checks"].items() if not c["ok"]]
-            rows.append({**o, "role": role, "scenario": "hypothesis (minimal failing note)", "failed": failed,
-                         "diff": diff_output(o["output"], o["expected"], o["note"])})
-    return rows
+        rows += [_row(role, sid, o) for sid, o in data["scenarios"].items()]
+        minimal = (data.get("hypothesis") or {}).get("minimal_failure")
+        if minimal:
+            rows.append(_row(role, "hypothesis (minimal failing note)", minimal))
+    return sorted(rows, key=lambda r: r["passed"])
+
+
+def taxonomy(rows: list[dict]) -> dict:
+    """Error counts per variant: by field and kind (how many scenarios show each), and by check."""
+    out: dict[str, dict] = {}
+    for r in rows:
+        t = out.setdefault(r["role"], {"kinds": Counter(), "fields": {}, "checks": Counter(), "failing": 0})
+        t["failing"] += not r["passed"]
+        t["checks"].update(r["failed"])
+        for field, kind in {(field_of(d["path"]), d["kind"]) for d in r["diff"]}:
+            t["kinds"][kind] += 1
+            t["fields"].setdefault(field, Counter())[kind] += 1
+    return {role: {**t, "kinds": dict(t["kinds"].most_common()), "checks": dict(t["checks"].most_common()),
+                   "fields": dict(sorted(t["fields"].items(), key=lambda kv: -sum(kv[1].values())))}
+            for role, t in out.items()}
 
 
 def render_report(summary: dict) -> str:
     metrics = {role: d["metrics"] for role, d in summary["roles"].items() if d["metrics"]}
+    rows = scenario_rows(summary)
     return _ENV.get_template("report.html.j2").render(
-        s=summary, headline=HEADLINE, metrics=metrics, rows=_rows(summary), gate=gate_lines(summary),
+        s=summary, headline=HEADLINE, metrics=metrics, rows=rows, gate=gate_lines(summary), taxonomy=taxonomy(rows),
         checks=sorted({c for d in summary["roles"].values() for o in d["scenarios"].values() for c in o["checks"]}),
+        kinds=sorted({k for r in rows for k in r["kinds"]}), fields=sorted({f for r in rows for f in r["fields"]}),
         bar=_data_uri(metrics_bar_png(metrics, list(RATES))) if metrics else None,
         loss=_data_uri(loss_curve_png(summary["train_log"])) if summary.get("train_log") else None,
     )

@@ -4,9 +4,10 @@ import json
 
 import pytest
 
+from harness.diff import field_of, field_rows
 from harness.evaluation import Evaluation
 from harness.models import FakeBackend
-from harness.report import render_report, write_index, write_report
+from harness.report import render_report, scenario_rows, taxonomy, write_index, write_report
 from harness.schema import dumps
 from harness.suite import Suite, SuiteOptions, write_summary
 from scenarios import CURATED, SEED
@@ -63,33 +64,84 @@ def test_summary_and_report_are_written_atomically_and_indexed(tmp_path):
     assert summary["run_id"] in write_index(tmp_path).read_text()
 
 
+def _no_horizontal_overflow(page) -> bool:
+    return page.evaluate("document.documentElement.scrollWidth <= document.documentElement.clientWidth")
+
+
 @pytest.mark.slow
 @pytest.mark.browser
-def test_report_in_headless_chromium_shows_script_as_text_and_filters(tmp_path):
+def test_report_in_headless_chromium_reads_filters_and_keeps_script_as_text(tmp_path):
     summary = _summary(tmp_path, tuned_breaks=("seed-3", "meds-4"))
     folder = write_summary(summary, tmp_path)
     write_report(summary, folder / "report.html")
     write_index(tmp_path)
+    rows = ".scenario-row:visible"
     with browser() as b:
         page = b.new_page(viewport={"width": 1400, "height": 900})
         dialogs = []
         page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
         page.goto((folder / "report.html").as_uri())
-        for selector in ("#gate-verdict", "#metrics-table", "#metrics-chart", "#scenario-table"):
+        for selector in ("#gate-verdict", "#metrics-table", "#taxonomy", "#scenario-table"):
             assert page.locator(selector).is_visible(), selector
         assert page.locator("#gate-verdict").inner_text().startswith("gate: FAILED")
         assert page.locator("pre.note", has_text="<script>alert('x')</script>").count() == 2  # text, both roles
         assert dialogs == []  # the note's script never ran
         assert page.evaluate("document.querySelectorAll('main script').length") == 0
-        page.check("#failures-only")
+        total = page.locator(".scenario-row").count()
+        assert page.locator(rows).first.get_attribute("data-passed") == "no"  # failures first
+        assert not page.locator(".scenario-row .body").first.is_visible()  # one line until opened
         page.select_option("#role-filter", "tuned:free")
-        assert page.locator(".scenario-row:visible").count() == 2
-        page.select_option("#check-filter", "no_invented_keys")
-        assert page.locator(".scenario-row:visible").count() == 2
-        page.uncheck("#failures-only")
-        page.select_option("#check-filter", "")
-        page.select_option("#role-filter", "")
-        shot = screenshot(page, "report.png")
-        page.goto((tmp_path / "index.html").as_uri())
-        assert page.locator("#runs a", has_text=summary["run_id"]).is_visible()
+        page.check("#failures-only")
+        assert page.locator(rows).count() == 2
+        page.select_option("#kind-filter", "invented key")
+        page.select_option("#field-filter", "symptoms")
+        assert page.locator(rows).count() == 2
+        page.fill("#text-filter", "tariq")  # only one of the two broken notes names him (case folded)
+        assert page.locator(rows).count() == 1
+        assert "model=tuned%3Afree" in page.url and "q=tariq" in page.url
+        view = page.url
+        page.goto("about:blank")
+        page.goto(view)  # the view lives in the link
+        assert page.locator(rows).count() == 1 and page.input_value("#text-filter") == "tariq"
+        page.locator(rows).first.locator("summary").click()
+        opened = page.locator(".scenario-row[open] .body")
+        assert "invented keys: symptoms" in opened.inner_text()  # opened: the field diff and what was wrong
+        fields = opened.locator("table.fields tr")  # a header, then 4 patient fields, 2 reasons, 4 medications
+        assert fields.count() == 11 and opened.locator("table.fields tr.field-ok").count() == 10
+        assert opened.locator("mark").count() >= 10
+        page.goto((folder / "report.html").as_uri())
+        # a count in the error taxonomy links to its scenarios
+        page.locator('#taxonomy .card[data-role="tuned:free"] a', has_text="no_invented_keys").click()
+        failing = "r => r.filter(x => x.dataset.failed.includes('|no_invented_keys|')).length"
+        assert page.locator(rows).count() == 2 == page.locator(rows).evaluate_all(failing)
+        for width in (1400, 1024):
+            page.set_viewport_size({"width": width, "height": 900})
+            page.goto((folder / "report.html").as_uri())
+            page.locator(".scenario-row summary").first.click()
+            assert _no_horizontal_overflow(page), width
+            shot = screenshot(page, f"report-{width}.png")
+            assert page.locator(rows).count() == total
+            page.goto((tmp_path / "index.html").as_uri())
+            assert page.locator("#runs a", has_text=summary["run_id"]).is_visible() and _no_horizontal_overflow(page)
+            screenshot(page, f"index-{width}.png")
     assert shot.stat().st_size > 10_000
+
+
+def test_error_taxonomy_counts_scenarios_by_field_and_kind(tmp_path):
+    summary = _summary(tmp_path, tuned_breaks=("seed-3", "meds-4"))
+    t = taxonomy([r for r in scenario_rows(summary) if r["role"] == "tuned:free"])["tuned:free"]
+    assert t["failing"] == 2 and t["fields"] == {"symptoms": {"invented key": 2}}
+    assert t["checks"] == {"no_invented_keys": 2, "schema_valid": 2}
+
+
+def test_field_rows_pair_expected_and_output_and_flag_ungrounded_values():
+    case = next(c for c in SEED if c.id == "seed-1")  # John Doe, 55y, T2DM, Metformin 500mg
+    output = dumps({**case.expected, "patient": {**case.expected["patient"], "ageInt": 56},
+                    "medicationStatement": [{"medication": "Amlin", "dose": {"value": 500, "unit": "mg"}}]})
+    rows = {r["path"]: r for r in field_rows(output, case.expected, case.note)}
+    assert rows["patient.name"]["status"] == "ok"
+    assert rows["patient.ageInt"]["status"] == "wrong value" and rows["patient.ageInt"]["ungrounded"] == ["56"]
+    assert rows["medicationStatement[Metformin]"]["status"] == "missing"
+    assert rows["medicationStatement[Amlin]"] == {"path": "medicationStatement[Amlin]", "expected": "—",
+                                                  "got": "Amlin · 500 mg", "status": "extra", "ungrounded": ["Amlin"]}
+    assert field_of("medicationStatement[0].dose.unit") == field_of("medicationStatement[Metformin].dose")
