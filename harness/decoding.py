@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from harness.constraint import BatchConstraint
 
 # Part of a model's identity, so outputs cached under another decoding loop are regenerated.
-DECODER = "greedy-drop-finished/1"
+DECODER = "greedy-drop-finished/2"  # 2: the prompt's last token goes through a decode step
 
 
 @dataclass(frozen=True)
@@ -45,8 +45,13 @@ def greedy_decode(model, rows: list[list[int]], bounds: list[int], stop_ids: lis
     stopped = [False] * len(rows)
     active = list(range(len(rows)))  # which original row each batch row is
     with torch.inference_mode():
-        out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                    logits_to_keep=1)
+        # The prompts' last token goes through a decode step, not the prefill: the prefill's logits
+        # come from a strided slice of its hidden states, whose layout (and so the matrix product's
+        # last bits) depends on the batch's width; a decode step's does not (harness.numerics).
+        out = model(input_ids=input_ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1],
+                    use_cache=True, logits_to_keep=1)
+        out = model(input_ids=input_ids[:, -1:], attention_mask=mask, position_ids=positions[:, -1:],
+                    cache=out.cache, use_cache=True)
         cache = out.cache
         next_pos = positions[:, -1:] + 1
         while True:

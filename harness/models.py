@@ -20,6 +20,7 @@ from harness.embedded import EMBEDDED_NAME, converted_gguf, embedded_gguf
 from harness.errors import AdapterError, InputError, ModelNotFoundError
 from harness.grammar import DECODINGS, GRAMMAR_VERSION, Decoding
 from harness.hashing import folder_weights_sha256, sha256_file, sha256_text
+from harness.numerics import numerics, register_attention
 from harness.prompt import render_prompt
 from harness.schema import dumps, empty_summary
 from harness.settings import cache_root
@@ -40,7 +41,7 @@ class ModelSpec:
     adapter: str | None = None  # a peft LoRA folder (safetensors only)
     quantization: Quantization = "none"  # "nf4": 4-bit NF4 through bitsandbytes
     dtype: DType = "float32"  # compute dtype; float32 for GPUs without bf16 (GTX 10xx)
-    attn_implementation: str | None = None  # e.g. "eager" for old GPUs, "sdpa"
+    attn_implementation: str | None = None  # None: SDPA in float64 (batch-invariant, harness.numerics); "eager", "sdpa"
     merge_adapter: bool = False  # merge LoRA into the weights in memory (faster; not with nf4)
     device: str | None = None  # None: cuda if available, else cpu
 
@@ -242,6 +243,8 @@ def load_base_model(spec: ModelSpec, resolved: ResolvedBase, for_training: bool 
     kwargs: dict[str, Any] = {"dtype": _torch_dtype(spec.dtype)}
     if spec.attn_implementation:
         kwargs["attn_implementation"] = spec.attn_implementation
+    elif not for_training:  # generation: batch-invariant (training keeps the fused kernels)
+        kwargs["attn_implementation"] = register_attention()
     if spec.quantization == "nf4":
         from transformers import BitsAndBytesConfig
 
@@ -320,6 +323,7 @@ class HFBackend:
             "quantization": spec.quantization,
             "dtype": spec.dtype,
             "merged": spec.merge_adapter,
+            "numerics": numerics(self.model, spec.attn_implementation),
         })
         self.load_seconds = time.perf_counter() - t0
 

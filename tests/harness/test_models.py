@@ -149,6 +149,23 @@ def test_nf4_with_reference_adapter_extracts_seed_notes():
 
 
 @pytest.mark.slow
+def test_nf4_outputs_do_not_depend_on_the_batch(adapter_copy):
+    """The same note gives the same output alone and inside different batches (NF4, the evaluation's
+    default): notes of different lengths, so batches pad, in two different compositions."""
+    from scenarios.splits import generate_split
+
+    tuned = HFBackend(ModelSpec(quantization="nf4", adapter=str(adapter_copy)))
+    assert tuned.identity["numerics"] == "batch-invariant"
+    notes = [c.note for c in generate_split("test", 8)]
+    settings = GenerationSettings(max_new_tokens=48)
+    together = [g.text for g in tuned.generate(notes, settings)]
+    pairs = tuned.generate(notes[::-1], GenerationSettings(max_new_tokens=48, batch_size=3))[::-1]
+    alone = [tuned.generate([n], settings)[0].text for n in notes[:3]]
+    assert [g.text for g in pairs] == together and alone == together[:3]
+    assert len({len(tuned.encode([n])[0]) for n in notes}) > 4  # the batches really were padded
+
+
+@pytest.mark.slow
 def test_merged_adapter_matches_attached(adapter_copy):
     attached = HFBackend(ModelSpec(quantization="none", adapter=str(adapter_copy)))
     merged = HFBackend(ModelSpec(quantization="none", adapter=str(adapter_copy), merge_adapter=True))

@@ -1,0 +1,73 @@
+"""Batch-invariant numerics: a note's output must not depend on the notes it shares a batch with.
+
+Batched greedy decoding gave different outputs for some notes than decoding them one at a time
+(benchmarks/batch_invariance.py measures how many), for two reasons, both found by comparing logits:
+
+1. Matrix products. MKL picks its kernels and its threads' share of the work by the number of rows,
+   so row i of X @ W changes in the last bits with the rows beside it (1 vs 2 vs 16 rows: up to 4e-5
+   in the logits, NF4 and float32 alike). MKL's conditional numerical reproducibility in strict mode
+   (MKL_CBWR="AVX2,STRICT") fixes the order of every sum whatever the shape: set before MKL's first
+   call, the products became identical for any number of rows.
+2. Attention over padding. A left-padded row attends over more key positions than it does alone;
+   the masked ones weigh exactly zero, but the vectorised sums group the rest differently. Attention
+   computed in float64 (below) still groups them differently, but its last-bit differences vanish
+   when the result is rounded back to float32. (Attention one row at a time, over each row's own
+   keys, is exact by construction, but it measured 2.2x slower than this.)
+3. The prefill's logits, which come from a strided slice of the hidden states whose layout depends
+   on the batch's width: the prompt's last token goes through a decode step instead (harness.decoding).
+
+Everything else in the model (norms, rotary embeddings, activations) works row by row already.
+"""
+
+from __future__ import annotations
+
+import os
+
+CBWR = "AVX2,STRICT"
+ATTENTION = "sunrise_float64"
+
+
+def pin_reproducible_blas() -> None:
+    """Ask MKL for shape-independent sums; it reads this once, at its first call, so the harness
+    sets it on import (a user's own MKL_CBWR is kept). `blas_is_batch_invariant` checks it took."""
+    os.environ.setdefault("MKL_CBWR", CBWR)
+
+
+def blas_is_batch_invariant(device="cpu") -> bool:
+    """Whether a row of a matrix product is the same alone and among others on `device`."""
+    import torch
+
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    w = torch.randn(384, 256, generator=gen).to(device)
+    x = torch.randn(17, 256, generator=gen).to(device)
+    alone = x[:1] @ w.T
+    return all(torch.equal((x[:m] @ w.T)[:1], alone) for m in (2, 3, 17))
+
+
+def float64_attention(module, query, key, value, attention_mask, **kwargs):
+    """SDPA computed in float64 and rounded back: padding regroups the sums, but a float64 sum's
+    last-bit changes vanish when it is rounded to float32."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    dtype = query.dtype
+    out, weights = sdpa_attention_forward(module, query.double(), key.double(), value.double(),
+                                          attention_mask if attention_mask is None or attention_mask.dtype != dtype
+                                          else attention_mask.double(), **kwargs)
+    return out.to(dtype), weights
+
+
+def register_attention() -> str:
+    """Register float64 attention with transformers; returns its attn_implementation name."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+    AttentionInterface.register(ATTENTION, float64_attention)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(ATTENTION, sdpa_mask)  # it takes the masks SDPA takes
+    return ATTENTION
+
+
+def numerics(model, attn_implementation: str | None) -> str:
+    """How a loaded model's outputs relate to batching, recorded in its identity (and so in the
+    cache key): 'batch-invariant' when it runs float64 attention and the products are shape-independent."""
+    invariant = attn_implementation is None and blas_is_batch_invariant(model.device)
+    return "batch-invariant" if invariant else "batch-dependent"
