@@ -43,6 +43,10 @@ def _threshold(text: str) -> tuple[str, float]:
         raise pytest.UsageError(f"--threshold takes NAME=VALUE, e.g. field_f1=0.9; got {text!r}") from None
 
 
+def _modes(text: str) -> tuple[str, ...]:
+    return tuple(m.strip() for m in text.split(",") if m.strip())
+
+
 def _path_or_none(text: str) -> Path | str | None:
     return text if text in ("auto", "none") else Path(text)
 
@@ -54,8 +58,11 @@ def pytest_addoption(parser):
                 help="LoRA adapter under test (default: the reference adapter in fixtures/)")
     g.addoption("--quantization", choices=("nf4", "none"), default="nf4", help="base weights (default nf4)")
     g.addoption("--decoding", default=None,
-                help=f"comma-separated decoding modes, each evaluated on its own ({', '.join(DECODINGS)}; default: "
+                help=f"comma-separated decoding modes for the tuned model, each evaluated on its own ({', '.join(DECODINGS)}; default: "
                      "the gate's modes, [tool.sunrise.gate] decoding in pyproject.toml)")
+    g.addoption("--base-decoding", default="free",
+                help="comma-separated decoding modes for the base model (default: free, the base as the study "
+                     "prompts it; a tuned variant is compared with the base under its own mode where it ran)")
     g.addoption("--baseline", type=_path_or_none, default="auto",
                 help="summary.json of an earlier run to gate against (default: the reference adapter's "
                      "baseline when the reference adapter is under test; 'none' for no baseline)")
@@ -97,8 +104,8 @@ def pytest_configure(config):
             targets=targets,
             report_dir=config.getoption("--report-dir"), cache=not config.getoption("--no-generation-cache"),
             settings=GenerationSettings(), fake_outputs=config.getoption("--fake-outputs"),
-            decodings=tuple(m.strip() for m in decoding.split(",") if m.strip()) if decoding else gate_modes,
-            gate_decodings=gate_modes,
+            decodings=_modes(decoding) if decoding else gate_modes,
+            base_decodings=_modes(config.getoption("--base-decoding")), gate_decodings=gate_modes,
         )
     except (ValueError, TypeError) as exc:
         raise pytest.UsageError(f"sunrise: {exc}") from None

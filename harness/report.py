@@ -59,7 +59,7 @@ def gate_lines(summary: dict) -> list[str]:
             lines.append(f"    target not yet met (reported, not gating): {name} = {value:.3f} "
                          f"{_limit_word(name)} target {target:.3f}")
         for name, (tuned, base) in v["worse_than_base"].items():
-            lines.append(f"    worse than base: {name} = {tuned:.3f} < base {base:.3f}")
+            lines.append(f"    worse than {v.get('base', 'base')}: {name} = {tuned:.3f} < {base:.3f}")
         comp = v.get("comparison")
         if comp:
             lines.append(f"    vs baseline {gate['baseline']}: {comp['shared']} shared scenarios, "

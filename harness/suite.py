@@ -65,7 +65,10 @@ class SuiteOptions:
     report_dir: Path = Path("reports")
     cache: bool = True
     settings: GenerationSettings = field(default_factory=GenerationSettings)  # its decoding is replaced per variant
-    decodings: tuple[str, ...] = ("free", "grounded")  # every role is evaluated under each
+    decodings: tuple[str, ...] = ("free", "grounded")  # the tuned model is evaluated under each
+    # The base model as the study prompts it is the point of comparison; constraining it too is a
+    # measurement of its own (each base mode costs a full pass of long, mostly chatty answers).
+    base_decodings: tuple[str, ...] = ("free",)
     gate_decodings: tuple[str, ...] = ("free", "grounded")  # the tuned variants the gate judges
     fake_outputs: Path | None = None  # a JSON {role: {note: output}} file: scripted backends, no model
 
@@ -77,7 +80,8 @@ class SuiteOptions:
         unknown = sorted(set(self.scenario_sets) - set(SCENARIO_SETS))
         if unknown:
             raise ValueError(f"unknown scenario set(s) {unknown}; choose from {', '.join(SCENARIO_SETS)}")
-        for name, modes in (("decoding", self.decodings), ("gate decoding", self.gate_decodings)):
+        for name, modes in (("decoding", self.decodings), ("base decoding", self.base_decodings),
+                            ("gate decoding", self.gate_decodings)):
             wrong = sorted(set(modes) - set(DECODINGS))
             if wrong or not modes or len(set(modes)) != len(modes):
                 raise ValueError(f"{name} must list distinct modes of {', '.join(DECODINGS)}; got {list(modes)}")
@@ -104,7 +108,15 @@ def applicable_checks(case: Case) -> list[str]:
 
 
 def variants(options: SuiteOptions) -> list[Variant]:
-    return [Variant(role, mode) for role in ROLES for mode in options.decodings]
+    return [Variant("base", mode) for mode in options.base_decodings] + [
+        Variant("tuned", mode) for mode in options.decodings]
+
+
+def base_for(options: SuiteOptions, decoding: str) -> Variant:
+    """The base variant a tuned one is compared with: the same decoding where the base ran under it,
+    else the base as prompted (free), else its first mode."""
+    modes = options.base_decodings
+    return Variant("base", decoding if decoding in modes else "free" if "free" in modes else modes[0])
 
 
 def gated(options: SuiteOptions) -> list[Variant]:
@@ -230,6 +242,7 @@ class Suite:
                 "test_split_size": self.options.test_split_size,
                 "baseline": str(self.options.baseline) if self.options.baseline else None,
                 "decodings": list(self.options.decodings),
+                "base_decodings": list(self.options.base_decodings),
                 "gate_decodings": list(self.options.gate_decodings),
             },
             "generation_settings": {name: s.to_dict() for name, s in self.evaluation.settings.items()},
@@ -252,7 +265,8 @@ class Suite:
             tuned = run.aggregate().metrics()
             misses = self.options.floors(v.decoding).misses(tuned)
             comparison = self.compare_with_baseline(v.name)
-            base = self.evaluation.runs.get(Variant("base", v.decoding).name)
+            base_variant = base_for(self.options, v.decoding).name
+            base = self.evaluation.runs.get(base_variant)
             worse_than_base = {}
             if base is not None and base.outcomes:
                 b = base.aggregate().metrics()
@@ -262,6 +276,7 @@ class Suite:
                 "threshold_misses": misses,
                 "targets_not_met": self.options.targets.misses(tuned),
                 "worse_than_base": worse_than_base,
+                "base": base_variant,
                 "comparison": comparison.to_dict() if comparison else None,
             }
         if not judged:

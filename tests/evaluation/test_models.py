@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from harness.gate import CEILINGS, meets
-from harness.suite import NOT_WORSE_METRICS, ModelUnavailable, gated
+from harness.suite import NOT_WORSE_METRICS, ModelUnavailable, base_for, gated
 
 
 def _metrics_or_fail(suite, variant):
@@ -59,9 +59,10 @@ def test_threshold(sunrise_suite, sunrise_gated, sunrise_metric):
 @pytest.mark.slow
 @pytest.mark.parametrize("metric", NOT_WORSE_METRICS)
 def test_tuned_not_worse_than_base(sunrise_suite, sunrise_gated, metric):
-    """The tuned model against the base model decoded the same way."""
+    """The tuned model against the base model decoded the same way (or as prompted, free, where the
+    base did not run under that decoding: --base-decoding)."""
     tuned = _metrics_or_fail(sunrise_suite, sunrise_gated)
-    base_variant = "base:" + sunrise_suite.variants[sunrise_gated].decoding
+    base_variant = base_for(sunrise_suite.options, sunrise_suite.variants[sunrise_gated].decoding).name
     base = _metrics_or_fail(sunrise_suite, base_variant)
     assert tuned[metric] >= base[metric], f"tuned {metric} {tuned[metric]:.3f} < base {base[metric]:.3f}"
 

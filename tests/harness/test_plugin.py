@@ -73,6 +73,18 @@ def test_test_ids_select_by_model_check_and_scenario(project):
     result.assert_outcomes(passed=2)  # one per decoding mode of the gate
 
 
+def test_base_runs_as_prompted_unless_more_modes_are_asked_for(project):
+    fake = _outputs(project.path / "fake.json")
+    plain = _run(project, "-m", "base", "--fake-outputs", str(fake), "-k", "age and seed-5", "-v")
+    plain.stdout.fnmatch_lines(["*test_check?base-free-age-seed-5? XFAIL*"])
+    assert "base-grounded" not in plain.stdout.str()
+    both = _run(project, "-m", "base", "--fake-outputs", str(fake), "-k", "age and seed-5", "-v",
+                "--base-decoding", "free,grounded")
+    both.stdout.fnmatch_lines(["*test_check?base-free-age-seed-5? XFAIL*",
+                               "*test_check?base-grounded-age-seed-5? XFAIL*"])
+    assert _run(project, "--base-decoding", "loose").ret == 4
+
+
 def test_gate_fails_on_missed_threshold_and_names_flipped_scenarios(project):
     good = _outputs(project.path / "good.json")
     assert _run(project, "-m", "tuned", "--fake-outputs", str(good), "-k", "not hypothesis").ret == 0
