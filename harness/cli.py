@@ -34,7 +34,8 @@ def add_model_options(parser: argparse.ArgumentParser, adapter_help: str = "LoRA
     g.add_argument("--quantization", choices=("nf4", "none"), default="nf4", help="base weights (default: nf4)")
     g.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
                    help="compute dtype (float32 for GPUs without bf16)")
-    g.add_argument("--attn-implementation", default=None, help="e.g. eager (old GPUs) or sdpa")
+    g.add_argument("--attn-implementation", default=None,
+                   help="default: SDPA in float64, batch-invariant (harness/numerics.py); eager (old GPUs), sdpa")
     g.add_argument("--merge-adapter", action="store_true",
                    help="merge the adapter in memory (needs --quantization none)")
 

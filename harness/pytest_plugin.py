@@ -58,7 +58,8 @@ def pytest_addoption(parser):
                 help="LoRA adapter under test (default: the reference adapter in fixtures/)")
     g.addoption("--quantization", choices=("nf4", "none"), default="nf4", help="base weights (default nf4)")
     g.addoption("--decoding", default=None,
-                help=f"comma-separated decoding modes for the tuned model, each evaluated on its own ({', '.join(DECODINGS)}; default: "
+                help=f"comma-separated decoding modes for the tuned model, each evaluated on its own "
+                     f"({', '.join(DECODINGS)}; default: "
                      "the gate's modes, [tool.sunrise.gate] decoding in pyproject.toml)")
     g.addoption("--base-decoding", default="free",
                 help="comma-separated decoding modes for the base model (default: free, the base as the study "
