@@ -160,10 +160,15 @@ class Suite:
         self.run_id = self.started.strftime("%Y%m%d-%H%M%S")
 
     # ------------------------------------------------------------------ verdicts
-    def outcome(self, variant: str, scenario_id: str) -> Outcome:
+    def _loaded(self, variant: str):
+        """The variant's run, generated on first use; ModelUnavailable when its model did not load."""
         run = self.evaluation.run(variant)
         if run.error:
             raise ModelUnavailable(f"{variant} model could not be loaded: {run.error}")
+        return run
+
+    def outcome(self, variant: str, scenario_id: str) -> Outcome:
+        run = self._loaded(variant)
         return run.outcomes[scenario_id]
 
     def baseline_scenarios(self, variant: str) -> dict | None:
@@ -187,17 +192,13 @@ class Suite:
         return bool(scenario) and not scenario.get("checks", {}).get(check, {}).get("ok", True)
 
     def metrics(self, variant: str) -> dict[str, float]:
-        run = self.evaluation.run(variant)
-        if run.error:
-            raise ModelUnavailable(f"{variant} model could not be loaded: {run.error}")
+        run = self._loaded(variant)
         return run.aggregate().metrics()
 
     def property_search(self, variant: str) -> SearchResult:
         """Hypothesis-drawn notes of held-out concepts through the variant's model, drawn in one batch,
         a failure shrunk within the profile's budget; its cost and minimal failure go in the summary."""
-        run = self.evaluation.run(variant)
-        if run.error:
-            raise ModelUnavailable(f"{variant} model could not be loaded: {run.error}")
+        run = self._loaded(variant)
         result = search(self.evaluation, variant, clinical_cases(), profiles.model_examples(),
                         profiles.shrink_budget(), self.evaluation.progress)
         failure = result.minimal_failure
