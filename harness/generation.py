@@ -7,12 +7,10 @@ from dataclasses import dataclass
 
 from harness.cache import GenerationCache, cache_key
 from harness.errors import InputError
-from harness.hashing import sha256_text
 from harness.models import Backend, Generation, GenerationSettings
-from harness.prompt import SYSTEM_PROMPT
+from harness.prompt import prompt_version
 from harness.settings import cache_root
 
-PROMPT_VERSION = sha256_text(SYSTEM_PROMPT)[:12]
 # Notes handed to the backend at a time: bounds the work an interruption loses and paces progress.
 CHUNK = 32
 
@@ -37,7 +35,7 @@ class Generator:
         self.cache = cache or None
 
     def key(self, note: str) -> str:
-        return cache_key(self.backend.identity, note, self.settings.to_dict(), PROMPT_VERSION)
+        return cache_key(self.backend.identity, note, self.settings.to_dict(), prompt_version(self.settings.prompt))
 
     def run(self, notes: list[str], on_done: Callable[[int], None] | None = None) -> list[Result]:
         """Results in the order of `notes`. `on_done(n)` reports progress as outputs become available;
@@ -76,7 +74,7 @@ class Generator:
                 return [Result(notes[0], None, str(exc))]
             return [self._generate([note])[0] for note in notes]
         for note, gen in zip(notes, gens, strict=True):
-            if self.cache:
+            if self.cache and not gen.transient:
                 self.cache.put(self.key(note), {"text": gen.text, "seconds": gen.seconds, "new_tokens": gen.new_tokens,
                                                 "stopped": gen.stopped, "error": gen.error})
         return [Result(note, gen, gen.error) for note, gen in zip(notes, gens, strict=True)]

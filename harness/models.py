@@ -21,7 +21,7 @@ from harness.errors import AdapterError, InputError, ModelNotFoundError
 from harness.grammar import DECODINGS, GRAMMAR_VERSION, Decoding
 from harness.hashing import folder_weights_sha256, sha256_file, sha256_text
 from harness.numerics import numerics, register_attention
-from harness.prompt import render_prompt
+from harness.prompt import PROMPTS, Prompt, render_prompt
 from harness.schema import dumps, empty_summary
 from harness.settings import cache_root
 
@@ -62,6 +62,7 @@ class GenerationSettings:
     batch_size: int | None = None  # None: automatic, from a token budget
     greedy: bool = True  # deterministic: same input, same output
     decoding: Decoding = "free"  # free | schema (only schema-v1 JSON) | grounded (and only the note's words)
+    prompt: Prompt = "trained"  # trained (what adapters learn) | engineered (the zero-shot baseline), harness.prompt
 
     def __post_init__(self):
         if self.max_new_tokens is not None and self.max_new_tokens < 1:
@@ -70,6 +71,8 @@ class GenerationSettings:
             raise ValueError("batch_size must be >= 1")
         if self.decoding not in DECODINGS:
             raise ValueError(f"decoding must be one of {', '.join(DECODINGS)}, got {self.decoding!r}")
+        if self.prompt not in PROMPTS:
+            raise ValueError(f"prompt must be one of {', '.join(PROMPTS)}, got {self.prompt!r}")
 
     @property
     def constrained(self) -> bool:
@@ -88,6 +91,8 @@ class Generation:
     stopped: bool  # ended at the end-of-turn token (False: hit max_new_tokens, a loop)
     cached: bool = False
     error: str | None = None  # why this note has no usable output (a constrained decode that could not finish)
+    transient: bool = False  # the error may not recur (a timeout, a refused connection): never cached
+    prompt_tokens: int | None = None  # where the backend counts them (served models report usage with them)
 
 
 class Backend(Protocol):
@@ -96,6 +101,24 @@ class Backend(Protocol):
     identity: Mapping[str, Any]
 
     def generate(self, notes: list[str], settings: GenerationSettings) -> list[Generation]: ...
+
+
+def load_backend(spec: ModelSpec, http=None) -> Backend:
+    """The backend a spec names: a model served over HTTP (`openai:MODEL@URL`, with `http`, an
+    HTTPOptions) or a Hugging Face model in this process."""
+    from harness.openai_backend import HTTPOptions, OpenAIBackend, ServedModel, is_served
+
+    if not is_served(spec.base):
+        if is_served(spec.adapter):
+            raise AdapterError(f"{spec.adapter} is a served adapter; it needs a served base model "
+                               "(--base-model openai:MODEL@URL)")
+        return HFBackend(spec)
+    base = ServedModel.parse(spec.base)
+    if spec.adapter and not is_served(spec.adapter):
+        raise AdapterError(f"a served base model takes a served adapter, --adapter openai:NAME (the name the "
+                           f"server serves it under, e.g. vLLM's --lora-modules NAME=PATH), not {spec.adapter}")
+    served = ServedModel.parse(spec.adapter, base.base_url) if spec.adapter else base
+    return OpenAIBackend(served, http or HTTPOptions())
 
 
 class FakeBackend:
@@ -345,7 +368,7 @@ class HFBackend:
                                             self.tokenizer.eos_token_id) if isinstance(i, int) and i >= 0})
         self.context_length = int(getattr(self.model.config, "max_position_embeddings", 2048))
         self.skeleton_tokens = len(self.tokenizer(dumps(empty_summary()))["input_ids"])
-        self.template_tokens = len(self.encode([""])[0])  # system prompt and chat markup around a note
+        self._template_tokens: dict[str, int] = {}
         self._constraint_tokenizer = None  # built on the first constrained batch (about a second)
         self.constraint_stats = ConstraintStats()
         self.identity = {**identity, "answer_bound": list(ANSWER_BOUND), "decoder": DECODER}
@@ -357,16 +380,27 @@ class HFBackend:
         if settings.max_new_tokens is not None:
             return settings.max_new_tokens
         per_note_token, margin = ANSWER_BOUND
-        return self.skeleton_tokens + per_note_token * max(0, prompt_tokens - self.template_tokens) + margin
+        note_tokens = prompt_tokens - self.template_tokens(settings.prompt)
+        return self.skeleton_tokens + per_note_token * max(0, note_tokens) + margin
 
-    def encode(self, notes: list[str]) -> list[list[int]]:
-        prompts = [render_prompt(self.tokenizer, n) for n in notes]
+    def template_tokens(self, prompt: str) -> int:
+        """The prompt's tokens around a note: its system message and the chat markup."""
+        if prompt not in self._template_tokens:
+            self._template_tokens[prompt] = len(self.encode([""], prompt)[0])
+        return self._template_tokens[prompt]
+
+    def encode(self, notes: list[str], prompt: str = "trained") -> list[list[int]]:
+        prompts = [render_prompt(self.tokenizer, n, prompt) for n in notes]
         return self.tokenizer(prompts, add_special_tokens=False)["input_ids"]
 
     def token_limit(self, note: str, prompt_tokens: int, settings: GenerationSettings) -> int:
         """The most new tokens a note may take: its bound, plus the room to close a constrained answer."""
         bound = self.max_new_tokens(prompt_tokens, settings)
         return bound + close_reserve(note) if settings.constrained else bound
+
+    def answer_limit(self, note: str, settings: GenerationSettings) -> int:
+        """The most new tokens `note` gets under `settings` (a server caps a client's max_tokens by it)."""
+        return self.token_limit(note, len(self.encode([note], settings.prompt)[0]), settings)
 
     def check_note(self, note: str, prompt_tokens: int, settings: GenerationSettings) -> None:
         if not note.strip():
@@ -384,7 +418,7 @@ class HFBackend:
 
     def generate(self, notes: list[str], settings: GenerationSettings) -> list[Generation]:
         """Batched greedy generation. Notes are sorted by length so each batch pads little."""
-        ids = self.encode(notes)
+        ids = self.encode(notes, settings.prompt)
         for note, row in zip(notes, ids, strict=True):
             self.check_note(note, len(row), settings)
         order = sorted(range(len(notes)), key=lambda i: -len(ids[i]))
@@ -417,7 +451,7 @@ class HFBackend:
         decoded = greedy_decode(self.model, rows, limits, self.stop_ids, self.tokenizer.pad_token_id, constraint)
         seconds = (time.perf_counter() - t0) / len(rows)
         return [Generation(text=self.tokenizer.decode(d.tokens, skip_special_tokens=True), seconds=seconds,
-                           new_tokens=len(d.tokens), stopped=d.stopped,
+                           new_tokens=len(d.tokens), stopped=d.stopped, prompt_tokens=len(row),
                            error=d.error or (f"the constrained answer did not close within {limit} new tokens"
                                              if constraint is not None and not d.stopped else None))
-                for d, limit in zip(decoded, limits, strict=True)]
+                for d, limit, row in zip(decoded, limits, rows, strict=True)]

@@ -11,6 +11,7 @@ import pytest
 from harness.gate import Thresholds, gate_decodings
 from harness.grammar import DECODINGS
 from harness.models import GenerationSettings
+from harness.openai_backend import HTTPOptions, is_served
 from harness.settings import REFERENCE_ADAPTER, REFERENCE_BASELINE
 from harness.suite import (
     SCENARIO_SETS,
@@ -29,6 +30,7 @@ OPTIONS_KEY = pytest.StashKey[SuiteOptions]()
 REPORT_KEY = pytest.StashKey[tuple]()
 MARKERS = {
     "base": "evaluates the base model (failures are expected and reported as xfail)",
+    "prompted": "evaluates the base model zero-shot with an engineered prompt (the baseline an adapter must beat)",
     "tuned": "evaluates the base model plus the adapter under test (the gate)",
     "slow": "loads a real model or browser; skipped unless selected with -m or --run-slow",
     "browser": "drives headless Chromium through Playwright",
@@ -47,15 +49,25 @@ def _modes(text: str) -> tuple[str, ...]:
     return tuple(m.strip() for m in text.split(",") if m.strip())
 
 
+def _adapter(text: str) -> Path | str:
+    """A LoRA folder, resolved (it is compared with the reference adapter), or a served adapter's name."""
+    return text if is_served(text) else Path(text).resolve()
+
+
 def _path_or_none(text: str) -> Path | str | None:
     return text if text in ("auto", "none") else Path(text)
 
 
 def pytest_addoption(parser):
     g = parser.getgroup("sunrise", "Sunrise clinical-extraction evaluation")
-    g.addoption("--base-model", default="embedded", help="base model: 'embedded', a Hugging Face id, folder or .gguf")
-    g.addoption("--adapter", type=Path, default=REFERENCE_ADAPTER,
-                help="LoRA adapter under test (default: the reference adapter in fixtures/)")
+    g.addoption("--base-model", default="embedded",
+                help="base model: 'embedded', a Hugging Face id, folder or .gguf, or a served model "
+                     "openai:MODEL@URL (any OpenAI-compatible server; key from OPENAI_API_KEY)")
+    g.addoption("--adapter", type=_adapter, default=REFERENCE_ADAPTER,
+                help="LoRA adapter under test (default: the reference adapter in fixtures/); with a served "
+                     "base, the name the server serves it under, openai:NAME[#SHA256]")
+    g.addoption("--http-concurrency", type=int, default=HTTPOptions().concurrency,
+                help="requests in flight at once to a served model (default %(default)s)")
     g.addoption("--quantization", choices=("nf4", "none"), default="nf4", help="base weights (default nf4)")
     g.addoption("--decoding", default=None,
                 help=f"comma-separated decoding modes for the tuned model, each evaluated on its own "
@@ -64,6 +76,9 @@ def pytest_addoption(parser):
     g.addoption("--base-decoding", default="free",
                 help="comma-separated decoding modes for the base model (default: free, the base as the study "
                      "prompts it; a tuned variant is compared with the base under its own mode where it ran)")
+    g.addoption("--prompted-decoding", default="free",
+                help="comma-separated decoding modes for the prompted role, the base model zero-shot with the "
+                     "engineered prompt of harness/prompt.py (default: free; 'none': no prompted role)")
     g.addoption("--baseline", type=_path_or_none, default="auto",
                 help="summary.json of an earlier run to gate against (default: the reference adapter's "
                      "baseline when the reference adapter is under test; 'none' for no baseline)")
@@ -83,7 +98,7 @@ def pytest_configure(config):
     for name, text in MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {text}")
     profiles.load(os.environ.get("SUNRISE_HYPOTHESIS_PROFILE"))
-    adapter = config.getoption("--adapter").resolve()
+    adapter = config.getoption("--adapter")
     baseline = config.getoption("--baseline")
     if baseline == "auto":  # the reference adapter is judged against its own recorded run
         baseline = REFERENCE_BASELINE if adapter == REFERENCE_ADAPTER and REFERENCE_BASELINE.is_file() else None
@@ -107,6 +122,9 @@ def pytest_configure(config):
             settings=GenerationSettings(), fake_outputs=config.getoption("--fake-outputs"),
             decodings=_modes(decoding) if decoding else gate_modes,
             base_decodings=_modes(config.getoption("--base-decoding")), gate_decodings=gate_modes,
+            prompted_decodings=() if config.getoption("--prompted-decoding") == "none"
+            else _modes(config.getoption("--prompted-decoding")),
+            http=HTTPOptions(concurrency=config.getoption("--http-concurrency")),
         )
     except (ValueError, TypeError) as exc:
         raise pytest.UsageError(f"sunrise: {exc}") from None
@@ -173,9 +191,12 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     if REPORT_KEY not in config.stash:
         return
     folder, summary = config.stash[REPORT_KEY]
-    from harness.report import gate_lines
+    from harness.report import comparison_line, gate_lines
 
     terminalreporter.section("sunrise")
+    claim = comparison_line(summary)
+    if claim:
+        terminalreporter.write_line(claim)
     for line in gate_lines(summary):
         terminalreporter.write_line(line)
     terminalreporter.write_line(f"report: {folder / 'report.html'}")

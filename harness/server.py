@@ -1,19 +1,21 @@
-"""The manual testing page: type or dictate a note, see the JSON summary (and the base model's, side by side).
+"""The manual testing page: type or dictate a note, see the JSON summary (and the base model's, side
+by side); and the same models in the OpenAI protocol (harness.openai_api).
 
-Models are loaded once at start-up. Generation holds a lock (one model, one forward pass at a time);
-requests queue for it rather than fail, so two users at once are both served.
+Models are loaded once at start-up. Each sits behind a Batcher: requests that arrive together, from
+the page or from API clients, share one forward pass instead of queueing behind a lock.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
 
 from fastapi import FastAPI, Request, UploadFile
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse
 
+from harness.batcher import Batcher
 from harness.checks import describe_output
 from harness.errors import InputError
 from harness.models import Backend, GenerationSettings, ModelSpec
@@ -27,11 +29,23 @@ def _error(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
 
 
+def note_problem(note: str) -> tuple[str, str] | None:
+    """(code, message) when a note cannot be extracted from as sent, else None."""
+    if not note.strip():
+        return "empty_note", "The note is empty: type or dictate a note first."
+    if len(note) > MAX_NOTE_CHARS:
+        return "too_long", f"The note is {len(note)} characters; the limit is {MAX_NOTE_CHARS}."
+    return None
+
+
 def create_app(models: Mapping[str, Backend], transcriber: Transcriber,
                settings: GenerationSettings = GenerationSettings()) -> FastAPI:
     """`models` maps a role ('tuned', 'base') to a loaded backend; the first is the main answer."""
+    from harness.openai_api import openai_routes
+
     app = FastAPI(title="Sunrise manual testing", docs_url=None, redoc_url=None)
-    lock = threading.Lock()
+    batchers = {role: Batcher(model) for role, model in models.items()}
+    app.include_router(openai_routes(batchers, settings))
 
     @app.middleware("http")
     async def refuse_huge_uploads(request: Request, call_next):
@@ -71,17 +85,15 @@ def create_app(models: Mapping[str, Backend], transcriber: Transcriber,
                 raise TypeError
         except (ValueError, KeyError, TypeError):
             return _error(400, "bad_request", 'Send JSON {"note": "..."}.')
-        if not note.strip():
-            return _error(422, "empty_note", "The note is empty: type or dictate a note first.")
-        if len(note) > MAX_NOTE_CHARS:
-            return _error(422, "too_long", f"The note is {len(note)} characters; the limit is {MAX_NOTE_CHARS}.")
+        problem = note_problem(note)
+        if problem:
+            return _error(422, *problem)
         results = {}
-        for role, model in models.items():
+        for role, batcher in batchers.items():
             try:
-                with lock:
-                    t0 = time.perf_counter()
-                    gen = model.generate([note], settings)[0]
-                    seconds = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                gen = await run_in_threadpool(batcher.generate, note, settings)
+                seconds = time.perf_counter() - t0
             except InputError as exc:
                 return _error(422, "too_long", f"{exc}. Shorten the note.")
             results[role] = {"output": gen.text, "seconds": round(seconds, 3), "stopped": gen.stopped,
@@ -97,15 +109,16 @@ def serve(host: str, port: int, base: ModelSpec, tuned: ModelSpec | None, groq_b
           settings: GenerationSettings = GenerationSettings()) -> None:
     import uvicorn
 
-    from harness.models import HFBackend
+    from harness.models import load_backend
 
     models: dict[str, Backend] = {}
     if tuned is not None:
-        models["tuned"] = HFBackend(tuned)
+        models["tuned"] = load_backend(tuned)
     if tuned is None or compare_base:
-        models["base"] = HFBackend(base)
+        models["base"] = load_backend(base)
     transcriber = Transcriber(base_url=groq_base_url, model=whisper_model)
-    print(f"Sunrise manual testing page on http://{host}:{port}/  (models: {', '.join(models)}; "
+    print(f"Sunrise manual testing page on http://{host}:{port}/ and OpenAI-compatible API on "
+          f"http://{host}:{port}/v1  (models: {', '.join(models)}; "
           f"decoding {settings.decoding}; dictation {'on' if transcriber.enabled else 'off: ' + transcriber.reason})",
           flush=True)
     uvicorn.run(create_app(models, transcriber, settings), host=host, port=port, log_level="warning")

@@ -15,7 +15,8 @@ from harness.environment import versions
 from harness.evaluation import Evaluation, Outcome, evaluate_output
 from harness.gate import Comparison, Thresholds, compare, meets
 from harness.grammar import DECODINGS
-from harness.models import Backend, FakeBackend, GenerationSettings, HFBackend, ModelSpec
+from harness.models import Backend, FakeBackend, GenerationSettings, ModelSpec, load_backend
+from harness.openai_backend import HTTPOptions
 from harness.property_search import SearchResult, search
 from harness.scoring import score_case
 from harness.settings import REFERENCE_ADAPTER
@@ -25,7 +26,9 @@ from scenarios.notes import Case
 from scenarios.splits import generate_split
 from scenarios.strategies import clinical_cases
 
-ROLES = ("base", "tuned")
+ROLES = ("base", "prompted", "tuned")
+# The model each role loads: the prompted role is the base model with the engineered zero-shot prompt.
+MODEL_OF = {"base": "base", "prompted": "base", "tuned": "tuned"}
 SCENARIO_SETS = ("seed", "curated", "test")
 # Metrics on which the tuned model must be at least as good as the base model.
 NOT_WORSE_METRICS = ("json_valid", "schema_valid", "resource_type", "no_invented_keys", "null_age",
@@ -55,7 +58,7 @@ class SuiteOptions:
     """What a suite run evaluates; built from pytest options and validated here."""
 
     base_model: str = "embedded"
-    adapter: Path | None = REFERENCE_ADAPTER
+    adapter: Path | str | None = REFERENCE_ADAPTER  # a LoRA folder, or a served adapter (openai:NAME)
     quantization: str = "nf4"
     scenario_sets: tuple[str, ...] = SCENARIO_SETS
     test_split_size: int = 100
@@ -69,8 +72,10 @@ class SuiteOptions:
     # The base model as the study prompts it is the point of comparison; constraining it too is a
     # measurement of its own (each base mode costs a full pass of long, mostly chatty answers).
     base_decodings: tuple[str, ...] = ("free",)
+    prompted_decodings: tuple[str, ...] = ("free",)  # the base model, zero-shot with harness.prompt's engineered prompt
     gate_decodings: tuple[str, ...] = ("free", "grounded")  # the tuned variants the gate judges
     fake_outputs: Path | None = None  # a JSON {role: {note: output}} file: scripted backends, no model
+    http: HTTPOptions = field(default_factory=HTTPOptions)  # for served models (openai:MODEL@URL)
 
     def floors(self, decoding: str) -> Thresholds:
         """The gate's floors for a decoding mode (the targets where none are configured)."""
@@ -81,9 +86,9 @@ class SuiteOptions:
         if unknown:
             raise ValueError(f"unknown scenario set(s) {unknown}; choose from {', '.join(SCENARIO_SETS)}")
         for name, modes in (("decoding", self.decodings), ("base decoding", self.base_decodings),
-                            ("gate decoding", self.gate_decodings)):
+                            ("prompted decoding", self.prompted_decodings), ("gate decoding", self.gate_decodings)):
             wrong = sorted(set(modes) - set(DECODINGS))
-            if wrong or not modes or len(set(modes)) != len(modes):
+            if wrong or (not modes and name != "prompted decoding") or len(set(modes)) != len(modes):
                 raise ValueError(f"{name} must list distinct modes of {', '.join(DECODINGS)}; got {list(modes)}")
         if self.test_split_size < 0:
             raise ValueError("test split size must be >= 0")
@@ -108,8 +113,14 @@ def applicable_checks(case: Case) -> list[str]:
 
 
 def variants(options: SuiteOptions) -> list[Variant]:
-    return [Variant("base", mode) for mode in options.base_decodings] + [
-        Variant("tuned", mode) for mode in options.decodings]
+    return ([Variant("base", mode) for mode in options.base_decodings]
+            + [Variant("prompted", mode) for mode in options.prompted_decodings]
+            + [Variant("tuned", mode) for mode in options.decodings])
+
+
+def settings_for(options: SuiteOptions, variant: Variant) -> GenerationSettings:
+    return replace(options.settings, decoding=variant.decoding,
+                   prompt="engineered" if variant.role == "prompted" else "trained")
 
 
 def base_for(options: SuiteOptions, decoding: str) -> Variant:
@@ -125,23 +136,25 @@ def gated(options: SuiteOptions) -> list[Variant]:
 
 
 def backend_factories(options: SuiteOptions) -> dict[str, Callable[[], Backend]]:
-    """A loader per variant; the variants of one role share one loaded model."""
+    """A loader per variant; variants of one model (every decoding, and base and prompted) share it."""
     if options.fake_outputs is not None:
         scripted = json.loads(Path(options.fake_outputs).read_text())
         load = {role: (lambda r=role: FakeBackend(scripted.get(r, {}), name=r)) for role in ROLES}
+        model_of = {role: role for role in ROLES}  # a script per role
     else:
         base = ModelSpec(base=options.base_model, quantization=options.quantization)
         tuned = ModelSpec(base=options.base_model, quantization=options.quantization,
                           adapter=str(options.adapter) if options.adapter else None)
-        load = {"base": lambda: HFBackend(base), "tuned": lambda: HFBackend(tuned)}
+        load = {"base": lambda: load_backend(base, options.http), "tuned": lambda: load_backend(tuned, options.http)}
+        model_of = MODEL_OF
     loaded: dict[str, Backend] = {}
 
-    def shared(role: str) -> Backend:
-        if role not in loaded:
-            loaded[role] = load[role]()
-        return loaded[role]
+    def shared(model: str) -> Backend:
+        if model not in loaded:
+            loaded[model] = load[model]()
+        return loaded[model]
 
-    return {v.name: (lambda r=v.role: shared(r)) for v in variants(options)}
+    return {v.name: (lambda m=model_of[v.role]: shared(m)) for v in variants(options)}
 
 
 class Suite:
@@ -151,7 +164,7 @@ class Suite:
         self.options = options
         self.scenarios = load_scenarios(options)
         self.variants = {v.name: v for v in variants(options)}
-        settings = {v.name: replace(options.settings, decoding=v.decoding) for v in self.variants.values()}
+        settings = {v.name: settings_for(options, v) for v in self.variants.values()}
         self.evaluation = Evaluation(self.scenarios, backend_factories(options), settings,
                                      cache=options.cache, progress=progress)
         self.baseline = json.loads(Path(options.baseline).read_text()) if options.baseline else None
@@ -244,6 +257,7 @@ class Suite:
                 "baseline": str(self.options.baseline) if self.options.baseline else None,
                 "decodings": list(self.options.decodings),
                 "base_decodings": list(self.options.base_decodings),
+                "prompted_decodings": list(self.options.prompted_decodings),
                 "gate_decodings": list(self.options.gate_decodings),
             },
             "generation_settings": {name: s.to_dict() for name, s in self.evaluation.settings.items()},
@@ -293,8 +307,8 @@ class ModelUnavailable(Exception):
     """A model role could not be loaded; every test of that role reports this one message."""
 
 
-def _train_log(adapter: Path | None) -> list[dict]:
-    path = Path(adapter) / "train_log.jsonl" if adapter else None
+def _train_log(adapter: Path | str | None) -> list[dict]:
+    path = Path(adapter) / "train_log.jsonl" if isinstance(adapter, Path) else None
     if not path or not path.is_file():
         return []
     rows = []

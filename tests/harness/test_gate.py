@@ -84,8 +84,9 @@ def test_damaged_adapter_fails_the_gate_against_the_reference_baseline(pytester)
     (pytester.path / "tests").mkdir()
     shutil.copy(ROOT / "tests" / "evaluation" / "test_models.py", pytester.path / "tests")
     shutil.copy(ROOT / "pyproject.toml", pytester.path)
+    # One decoding and no base model: the paired comparison with the baseline is what is under test.
     result = pytester.runpytest_subprocess(
-        "-p", "no:cacheprovider", "-m", "tuned", "-k", "not hypothesis",
+        "-p", "no:cacheprovider", "-m", "tuned", "-k", "not hypothesis and not tuned_not_worse", "--decoding", "free",
         "--adapter", str(damaged), "--baseline", str(REFERENCE_BASELINE), "--scenario-sets", "seed,curated",
         "--report-dir", str(pytester.path / "reports"))
     assert result.ret == 1

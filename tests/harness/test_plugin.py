@@ -32,7 +32,9 @@ def _outputs(path: Path, broken=(), base_good=False) -> Path:
         case = next(c for c in cases if c.id == cid)
         tuned[case.note] = "Sure, here is the summary: " + dumps({**case.expected, "symptoms": []})
     base = {c.note: (dumps(c.expected) if base_good else '{"name": "x", "symptoms": []}') for c in cases}
-    path.write_text(json.dumps({"tuned": tuned, "base": base}))
+    # The zero-shot prompted base gets the seed notes right and wraps the rest in chatter.
+    prompted = {c.note: dumps(c.expected) if c.id.startswith("seed") else "Here you go: {}" for c in cases}
+    path.write_text(json.dumps({"tuned": tuned, "base": base, "prompted": prompted}))
     return path
 
 
@@ -83,6 +85,21 @@ def test_base_runs_as_prompted_unless_more_modes_are_asked_for(project):
     both.stdout.fnmatch_lines(["*test_check?base-free-age-seed-5? XFAIL*",
                                "*test_check?base-grounded-age-seed-5? XFAIL*"])
     assert _run(project, "--base-decoding", "loose").ret == 4
+
+
+def test_prompted_role_is_reported_beside_base_and_tuned_and_never_gated(project):
+    fake = _outputs(project.path / "fake.json")
+    result = _run(project, "-m", "base or prompted or tuned", "--fake-outputs", str(fake), "-k", "not hypothesis")
+    assert result.ret == 0, result.stdout.str()[-3000:]
+    summary = json.loads(next((project.path / "reports").glob("*/summary.json")).read_text())
+    share = summary["roles"]["prompted:free"]["metrics"]["schema_valid"]
+    assert 0 < share < 1 and set(summary["gate"]["variants"]) == {"tuned:free", "tuned:grounded"}
+    result.stdout.fnmatch_lines([f"*schema valid: base 0%, prompted {100 * share:.0f}%, tuned 100%*field F1:*"])
+    assert result.parseoutcomes()["xfailed"] > 50  # the prompted role's failures are evidence, like the base's
+    report = next((project.path / "reports").glob("*/report.html")).read_text()
+    assert "prompted:free" in report and 'id="claim"' in report
+    none = _run(project, "-m", "prompted", "--fake-outputs", str(fake), "--prompted-decoding", "none")
+    assert none.ret == 5  # no prompted tests collected
 
 
 def test_gate_fails_on_missed_threshold_and_names_flipped_scenarios(project):

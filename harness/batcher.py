@@ -1,0 +1,60 @@
+"""Requests that arrive together share one forward pass: what a server puts in front of a loaded model.
+
+One worker thread owns the backend (a model is never called from two threads at once). Every
+request that arrives while a batch runs waits for the next batch, which takes all of them that
+share generation settings. Outputs do not depend on the batch (harness.numerics), so a client gets
+the answer it would get alone.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future
+
+from harness.errors import InputError
+from harness.models import Backend, Generation, GenerationSettings
+
+
+class Batcher:
+    def __init__(self, backend: Backend, max_batch: int = 32):
+        self.backend, self.max_batch = backend, max_batch
+        self._pending: list[tuple[str, GenerationSettings, Future]] = []
+        self._wake = threading.Condition()
+        self.batches: list[int] = []  # the size of every batch run, for tests and benchmarks
+        threading.Thread(target=self._work, name="sunrise-batcher", daemon=True).start()
+
+    def generate(self, note: str, settings: GenerationSettings) -> Generation:
+        """One note's generation, batched with whatever else is waiting; raises what the backend raised
+        for this note (InputError for a note it refuses)."""
+        future: Future = Future()
+        with self._wake:
+            self._pending.append((note, settings, future))
+            self._wake.notify()
+        return future.result()
+
+    def _work(self) -> None:
+        while True:
+            with self._wake:
+                self._wake.wait_for(lambda: self._pending)
+                settings = self._pending[0][1]
+                batch = [p for p in self._pending if p[1] == settings][:self.max_batch]
+                self._pending = [p for p in self._pending if all(p is not b for b in batch)]
+            self.batches.append(len(batch))
+            self._run(batch, settings)
+
+    def _run(self, batch: list[tuple[str, GenerationSettings, Future]], settings: GenerationSettings) -> None:
+        try:
+            gens = self.backend.generate([note for note, _, _ in batch], settings)
+        except InputError as exc:
+            if len(batch) == 1:
+                batch[0][2].set_exception(exc)
+            else:  # one refused note must not cost the others their answers
+                for item in batch:
+                    self._run([item], settings)
+            return
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting requests, never lost in this thread
+            for _, _, future in batch:
+                future.set_exception(exc)
+            return
+        for (_, _, future), gen in zip(batch, gens, strict=True):
+            future.set_result(gen)

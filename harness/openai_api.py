@@ -1,0 +1,147 @@
+"""`sunrise serve` in the OpenAI chat-completions protocol: GET /v1/models and POST
+/v1/chat/completions for the models it loaded, so any OpenAI client (and the harness's own HTTP
+backend) can use an adapter without importing Python. No streaming; always greedy.
+
+A request is one note: one user message, after no system message, the one the adapter was trained
+with, or the engineered zero-shot prompt (harness.prompt). Decoding follows the request:
+response_format {"type": "text"} is free, a json_schema response_format holding schema v1 is
+`schema`, vLLM's structured_outputs holding the note's grounded grammar is `grounded`; a request
+that names none gets the server's --decoding.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import replace
+
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+
+from harness.batcher import Batcher
+from harness.errors import InputError
+from harness.grammar import grammar_for
+from harness.models import GenerationSettings
+from harness.prompt import PROMPTS, SYSTEM_PROMPT
+from harness.schema import SCHEMA
+
+
+class RequestError(Exception):
+    def __init__(self, status: int, code: str, message: str, param: str | None = None):
+        super().__init__(message)
+        self.status, self.code, self.message, self.param = status, code, message, param
+
+    def response(self) -> JSONResponse:
+        return JSONResponse({"error": {"message": self.message, "type": "invalid_request_error",
+                                       "param": self.param, "code": self.code}}, status_code=self.status)
+
+
+def openai_routes(batchers: Mapping[str, Batcher], settings: GenerationSettings) -> APIRouter:
+    from harness.server import note_problem
+
+    router = APIRouter(prefix="/v1")
+    started = int(time.time())
+
+    @router.get("/models")
+    def models():
+        return {"object": "list", "data": [
+            {"id": role, "object": "model", "created": started, "owned_by": "sunrise",
+             "root": batcher.backend.identity.get("model"), "sunrise": dict(batcher.backend.identity)}
+            for role, batcher in batchers.items()]}
+
+    @router.post("/chat/completions")
+    async def chat_completions(request: Request):
+        try:
+            try:
+                body = await request.json()
+            except ValueError:
+                raise RequestError(400, "invalid_json", "The body is not JSON.") from None
+            role, note, asked = parse_request(body, batchers, settings)
+            problem = note_problem(note)
+            if problem:
+                raise RequestError(422, problem[0], problem[1], "messages")
+            try:
+                gen = await run_in_threadpool(batchers[role].generate, note, asked)
+            except InputError as exc:
+                raise RequestError(422, "too_long", f"{exc}. Shorten the note.", "messages") from None
+        except RequestError as exc:
+            return exc.response()
+        return {
+            "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
+            "model": role,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": gen.text},
+                         "finish_reason": "stop" if gen.stopped else "length"}],
+            "usage": {"prompt_tokens": gen.prompt_tokens or 0, "completion_tokens": gen.new_tokens,
+                      "total_tokens": (gen.prompt_tokens or 0) + gen.new_tokens},
+            "sunrise": {"decoding": asked.decoding, "error": gen.error, "seconds": round(gen.seconds, 3)},
+        }
+
+    return router
+
+
+def parse_request(body, batchers: Mapping[str, Batcher],
+                  default: GenerationSettings) -> tuple[str, str, GenerationSettings]:
+    """(role, note, settings) of a chat-completions request, or a RequestError saying what to send."""
+    if not isinstance(body, dict):
+        raise RequestError(400, "invalid_request", "Send a JSON object.")
+    model = body.get("model")
+    if model not in batchers:
+        raise RequestError(404, "model_not_found", f"The model {model!r} does not exist here; this server "
+                                                   f"serves: {', '.join(batchers)}.", "model")
+    if body.get("stream"):
+        raise RequestError(400, "unsupported", "Streaming is not supported; send stream: false.", "stream")
+    if body.get("n", 1) != 1:
+        raise RequestError(400, "unsupported", "Only n = 1 is supported (greedy decoding has one answer).", "n")
+    note, prompt = _note(body.get("messages"))
+    settings = replace(default, decoding=_decoding(body, note, default.decoding), prompt=prompt)
+    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    if max_tokens is not None:
+        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+            raise RequestError(400, "invalid_value", "max_tokens must be a positive integer.", "max_tokens")
+        # The client's bound applies where it is tighter than the harness's own per-note bound.
+        limit = getattr(batchers[model].backend, "answer_limit", None)
+        if limit is None or max_tokens < limit(note, settings):
+            settings = replace(settings, max_new_tokens=max_tokens)
+    return model, note, settings
+
+
+def _note(messages) -> tuple[str, str]:
+    """The note, and which of the harness's prompts the request used (no system message: the trained one)."""
+    wrong = RequestError(400, "invalid_messages", "Send one user message holding the clinical note, after no "
+                                                  "system message or the one the adapter was trained with.",
+                         "messages")
+    if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+        raise wrong
+    roles = [m.get("role") for m in messages]
+    if roles not in (["user"], ["system", "user"]) or not all(isinstance(m.get("content"), str) for m in messages):
+        raise wrong
+    if roles[0] == "user":
+        return messages[0]["content"], "trained"
+    known = {text: name for name, text in PROMPTS.items()}
+    if messages[0]["content"] not in known:
+        raise RequestError(400, "unknown_prompt", "This server extracts with the system prompt its adapter was "
+                                                  f"trained with: send {SYSTEM_PROMPT!r} or no system message "
+                                                  "(or the harness's engineered zero-shot prompt).", "messages")
+    return messages[1]["content"], known[messages[0]["content"]]
+
+
+def _decoding(body: dict, note: str, default: str) -> str:
+    fmt, structured = body.get("response_format"), body.get("structured_outputs")
+    if structured is not None:
+        grammar = structured.get("grammar") if isinstance(structured, dict) else None
+        if grammar != grammar_for("grounded", note):
+            raise RequestError(400, "unsupported_grammar", "The only grammar this server takes is the note's "
+                                                           "grounded grammar (harness.grammar).", "structured_outputs")
+        return "grounded"
+    if fmt is None:
+        return default
+    kind = fmt.get("type") if isinstance(fmt, dict) else None
+    if kind == "text":
+        return "free"
+    schema = fmt.get("json_schema") if kind == "json_schema" else None
+    if isinstance(schema, dict) and schema.get("schema") == SCHEMA:
+        return "schema"
+    raise RequestError(400, "unsupported_response_format", "response_format must be {\"type\": \"text\"} or a "
+                                                           "json_schema holding schema v1.", "response_format")

@@ -1,0 +1,177 @@
+"""Models served over HTTP by any OpenAI-compatible chat-completions server (vLLM with LoRA adapters,
+llama.cpp, Ollama, Groq, `sunrise serve`), behind the one Backend protocol.
+
+A served model is named `openai:MODEL@BASE_URL`, e.g. `openai:cand@http://gpu-box:8000/v1`; a
+`#HASH` suffix records the sha256 of the adapter the server loaded (its weights cannot be hashed
+from here, so otherwise the cache trusts the name). The API key is read from OPENAI_API_KEY and
+never leaves the request's Authorization header: errors, summaries and reports never hold it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from harness.constraint import close_reserve
+from harness.errors import HarnessError, ModelNotFoundError
+from harness.grammar import grammar_for
+from harness.models import ANSWER_BOUND, Generation, GenerationSettings
+from harness.prompt import messages
+from harness.schema import RESOURCE_TYPE, SCHEMA, dumps, empty_summary
+
+PREFIX = "openai:"
+API_KEY_ENV = "OPENAI_API_KEY"
+# What a server's /v1/models entry says of a model that stays the same while it serves the same
+# weights; `created` (often the time of the request) and permission ids would change every cache key.
+STABLE_MODEL_FIELDS = ("id", "object", "owned_by", "root", "parent", "max_model_len", "context_window", "sunrise")
+REQUEST = {"temperature": 0, "seed": 0}  # greedy, and a seed for servers that sample anyway
+
+
+def is_served(name: str | None) -> bool:
+    return bool(name) and str(name).startswith(PREFIX)
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    model: str  # the name the server serves it under (vLLM: --served-model-name, or a --lora-modules name)
+    base_url: str  # up to and including /v1
+    adapter_sha256: str | None = None  # user-given: the adapter the server loaded
+
+    @classmethod
+    def parse(cls, text: str, default_url: str | None = None) -> ServedModel:
+        """`openai:MODEL@URL[#SHA256]`; an adapter may leave out `@URL` to use its base model's server."""
+        if not is_served(text):
+            raise ValueError(f"a served model is named {PREFIX}MODEL@URL, got {text!r}")
+        body, _, sha = text[len(PREFIX):].partition("#")
+        model, _, url = body.partition("@")
+        url = url or default_url or ""
+        if not model or not url.startswith(("http://", "https://")):
+            raise ValueError(f"a served model is named {PREFIX}MODEL@URL, e.g. "
+                             f"{PREFIX}Qwen/Qwen2.5-3B-Instruct@http://localhost:8000/v1; got {text!r}")
+        return cls(model, url.rstrip("/"), sha or None)
+
+
+@dataclass(frozen=True)
+class HTTPOptions:
+    concurrency: int = 8  # requests in flight at once
+    timeout_s: float = 120.0  # per request, per attempt
+    max_retries: int = 4  # on 408/409/429/5xx, timeouts and refused connections, with backoff (Retry-After honoured)
+
+    def __post_init__(self):
+        if self.concurrency < 1 or self.timeout_s <= 0 or self.max_retries < 0:
+            raise ValueError("HTTP options: concurrency >= 1, timeout > 0 and retries >= 0")
+
+
+class OpenAIBackend:
+    """Chat completions, one request per note, a bounded number in flight; each failure is that
+    note's error (not cached: the next run asks again) and the run goes on."""
+
+    def __init__(self, served: ServedModel, options: HTTPOptions = HTTPOptions(), api_key: str | None = None):
+        import openai
+
+        self.served, self.options = served, options
+        self._key = api_key if api_key is not None else os.environ.get(API_KEY_ENV, "")
+        # Servers without authentication (vLLM, llama.cpp and `sunrise serve` by default) take any key.
+        self.client = openai.OpenAI(base_url=served.base_url, api_key=self._key or "none",
+                                    timeout=options.timeout_s, max_retries=options.max_retries)
+        self.identity = {
+            "model": f"{PREFIX}{served.model}",
+            "base_url": served.base_url,
+            "served": self._describe(),
+            "adapter_sha256": served.adapter_sha256,
+            "request": dict(REQUEST),
+            "answer_bound": list(ANSWER_BOUND),
+        }
+
+    def _describe(self) -> dict:
+        """What GET /v1/models says of the model; a wrong key, an unreachable server or an unknown name
+        stops the role here with one clear message, before any note is sent."""
+        import openai
+
+        try:
+            listed = self.client.models.list().data
+        except openai.AuthenticationError:
+            raise HarnessError(f"{self.served.base_url} refused the API key (401); set {API_KEY_ENV} to a key "
+                               "this server accepts") from None
+        except openai.APIConnectionError:
+            raise ModelNotFoundError(f"could not reach {self.served.base_url} (is the server running?)") from None
+        except openai.APIError as exc:
+            raise HarnessError(f"{self.served.base_url}/models failed: {self._redact(str(exc))}") from None
+        entries = {m.id: m.model_dump() for m in listed}
+        if self.served.model not in entries:
+            raise ModelNotFoundError(f"{self.served.base_url} does not serve {self.served.model!r}; it serves: "
+                                     f"{', '.join(sorted(entries)) or 'nothing'}")
+        entry = entries[self.served.model]
+        return {k: entry[k] for k in STABLE_MODEL_FIELDS if entry.get(k) is not None}
+
+    def max_new_tokens(self, note: str, settings: GenerationSettings) -> int:
+        """The in-process bound (schema skeleton + 3 x note tokens + 16), counted in UTF-8 bytes: no
+        byte-level tokenizer makes more tokens than bytes, so this is never below the bound the model
+        would get in process (`sunrise serve` applies that one itself; elsewhere a looping model
+        just writes a little longer before it is cut)."""
+        if settings.max_new_tokens is not None:
+            return settings.max_new_tokens
+        per_note_byte, margin = ANSWER_BOUND
+        bound = len(dumps(empty_summary()).encode()) + per_note_byte * len(note.encode()) + margin
+        return bound + close_reserve(note) if settings.constrained else bound
+
+    @staticmethod
+    def structured_output(settings: GenerationSettings, note: str) -> dict:
+        """The request's structured-output part: `free` asks for text; `schema` sends schema v1 as
+        OpenAI's json_schema response_format (vLLM, llama.cpp and Groq take it too); `grounded` sends
+        the note's Lark grammar as vLLM's structured_outputs (its guidance backend reads Lark)."""
+        if settings.decoding == "free":
+            return {"response_format": {"type": "text"}}
+        if settings.decoding == "schema":
+            return {"response_format": {"type": "json_schema", "json_schema": {
+                "name": RESOURCE_TYPE, "schema": SCHEMA, "strict": True}}}
+        return {"extra_body": {"structured_outputs": {"grammar": grammar_for("grounded", note)}}}
+
+    def generate(self, notes: list[str], settings: GenerationSettings) -> list[Generation]:
+        with ThreadPoolExecutor(min(self.options.concurrency, max(1, len(notes)))) as pool:
+            return list(pool.map(lambda note: self._one(note, settings), notes))
+
+    def _one(self, note: str, settings: GenerationSettings) -> Generation:
+        import openai
+
+        t0 = time.perf_counter()
+        limit = self.max_new_tokens(note, settings)
+        try:
+            response = self.client.chat.completions.create(
+                model=self.served.model, messages=messages(note, prompt=settings.prompt), max_tokens=limit,
+                **REQUEST, **self.structured_output(settings, note))
+            choice = response.choices[0]
+            text = choice.message.content or ""
+            stopped = choice.finish_reason == "stop"
+            tokens = response.usage.completion_tokens if response.usage else len(text.split())
+        except openai.APIStatusError as exc:
+            return self._failed(t0, f"the server answered {exc.status_code}: {_message(exc)}")
+        except openai.APITimeoutError:
+            return self._failed(t0, f"no answer within {self.options.timeout_s:g} s "
+                                    f"({self.options.max_retries} retries)")
+        except openai.APIConnectionError:
+            return self._failed(t0, f"could not connect to {self.served.base_url} "
+                                    f"({self.options.max_retries} retries)")
+        except Exception as exc:  # noqa: BLE001 - a malformed answer is this note's error, not the run's
+            return self._failed(t0, f"unreadable answer from the server ({exc.__class__.__name__})")
+        error = (f"the constrained answer did not close within {limit} new tokens"
+                 if settings.constrained and not stopped else None)
+        return Generation(text=text, seconds=time.perf_counter() - t0, new_tokens=tokens, stopped=stopped,
+                          error=error)
+
+    def _failed(self, t0: float, error: str) -> Generation:
+        return Generation(text="", seconds=time.perf_counter() - t0, new_tokens=0, stopped=False,
+                          error=self._redact(error), transient=True)
+
+    def _redact(self, text: str) -> str:
+        return text.replace(self._key, "[API key]") if self._key else text
+
+
+def _message(exc) -> str:
+    """The server's own error message (OpenAI's {"error": {"message"}} shape), else the status line."""
+    body = exc.body if isinstance(exc.body, dict) else {}
+    error = body.get("error", body)
+    message = error.get("message") if isinstance(error, dict) else None
+    return str(message or exc.message)[:300]

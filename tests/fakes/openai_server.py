@@ -1,0 +1,84 @@
+"""A local fake of an OpenAI-compatible chat-completions server (the wire format vLLM, llama.cpp and
+Groq speak), with scripted faults, for testing the HTTP backend with no GPU and no internet.
+
+Errors are shaped {"error": {"message", "type", "code"}}. A note's `faults` are played one per
+attempt (so a retry meets the next one), then the note is answered from `answers`.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+KEY = "sk-test-0123456789-secret"
+MODELS = ("served-base", "cand")
+
+
+@dataclass
+class FakeOpenAI:
+    answers: dict[str, str] = field(default_factory=dict)  # note -> the assistant's content
+    faults: dict[str, list[str]] = field(default_factory=dict)  # note -> faults: 429, 500, slow, malformed
+    retry_after: str = "1"
+    delay: float = 3.0
+    requests: list[dict] = field(default_factory=list)  # every chat request body, as received
+    in_flight: int = 0
+    most_in_flight: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def app(self) -> FastAPI:
+        app = FastAPI()
+
+        @app.middleware("http")
+        async def authenticate(request: Request, call_next):
+            sent = request.headers.get("authorization", "").removeprefix("Bearer ")
+            if sent != KEY:  # like OpenAI's, the message quotes the key it was sent
+                return _error(401, f"Incorrect API key provided: {sent}", "invalid_request_error", "invalid_api_key")
+            return await call_next(request)
+
+        @app.get("/v1/models")
+        def models():
+            return {"object": "list", "data": [
+                {"id": m, "object": "model", "created": int(time.time()), "owned_by": "fake", "root": m,
+                 "permission": [{"id": f"modelperm-{time.time_ns()}"}]} for m in MODELS]}
+
+        @app.post("/v1/chat/completions")
+        def chat(body: dict):
+            self.requests.append(body)
+            if body.get("model") not in MODELS:
+                return _error(404, f"The model `{body.get('model')}` does not exist.", "NotFoundError", None)
+            note = body["messages"][-1]["content"]
+            fault = self.faults[note].pop(0) if self.faults.get(note) else None
+            with self._lock:
+                self.in_flight += 1
+                self.most_in_flight = max(self.most_in_flight, self.in_flight)
+            try:
+                time.sleep(self.delay if fault == "slow" else 0.05)  # long enough for requests to overlap
+            finally:
+                with self._lock:
+                    self.in_flight -= 1
+            if fault == "429":
+                return _error(429, "Rate limit reached", "requests", "rate_limit_exceeded",
+                              {"retry-after": self.retry_after})
+            if fault == "500":
+                return _error(500, "internal error", "internal_server_error", None)
+            if fault == "malformed":
+                return Response('{"id": "chatcmpl-1", "choices": [', media_type="application/json")
+            content = self.answers.get(note, "{}")
+            return {"id": "chatcmpl-1", "object": "chat.completion", "created": int(time.time()),
+                    "model": body["model"],
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                                 "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": 10, "completion_tokens": len(json.dumps(content)) // 4,
+                              "total_tokens": 10 + len(json.dumps(content)) // 4}}
+
+        return app
+
+
+def _error(status, message, kind, code, headers=None):
+    return JSONResponse({"error": {"message": message, "type": kind, "code": code}}, status_code=status,
+                        headers=headers)

@@ -1,0 +1,163 @@
+"""`sunrise serve` in the OpenAI protocol, over real HTTP, with scripted backends: the official SDK and
+the harness's own HTTP backend as clients, requests that arrive together batched, clear errors."""
+
+import concurrent.futures
+import threading
+import time
+
+import httpx
+import openai
+import pytest
+
+from harness.generation import Generator
+from harness.models import FakeBackend, GenerationSettings
+from harness.openai_backend import HTTPOptions, OpenAIBackend, ServedModel
+from harness.prompt import SYSTEM_PROMPT, messages
+from harness.schema import SCHEMA, dumps
+from harness.server import create_app
+from harness.transcribe import Transcriber
+from scenarios import SEED
+from tests.fakes.servers import running
+
+
+class SlowFake(FakeBackend):
+    """A scripted model whose every call takes a while, so concurrent requests pile up behind it;
+    it records the decoding and bound of every call."""
+
+    def __init__(self, outputs, name, seconds=0.3):
+        super().__init__(outputs, name)
+        self.seconds, self.settings, self.lock = seconds, [], threading.Lock()
+
+    def generate(self, notes, settings):
+        assert self.lock.acquire(blocking=False), "the model was called from two threads at once"
+        try:
+            self.settings.append(settings)
+            time.sleep(self.seconds)
+            return super().generate(notes, settings)
+        finally:
+            self.lock.release()
+
+
+@pytest.fixture
+def served():
+    tuned = SlowFake({c.note: dumps(c.expected) for c in SEED}, "tuned")
+    base = SlowFake(lambda note: "Sure! Here is the JSON: {}", "base", seconds=0.0)
+    app = create_app({"tuned": tuned, "base": base}, Transcriber(api_key=None),
+                     GenerationSettings(decoding="grounded"))
+    with running(app) as url:
+        yield tuned, f"{url}/v1"
+
+
+def test_the_official_sdk_lists_the_models_and_gets_the_same_answer(served):
+    tuned, url = served
+    client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0)
+    assert [m.id for m in client.models.list().data] == ["tuned", "base"]
+    answer = client.chat.completions.create(model="tuned", messages=messages(SEED[0].note), temperature=0)
+    assert answer.choices[0].message.content == dumps(SEED[0].expected)
+    assert answer.choices[0].finish_reason == "stop" and answer.usage.completion_tokens > 0
+    assert tuned.settings[-1].decoding == "grounded"  # no response_format: the server's --decoding
+
+
+def test_the_harness_http_backend_reads_its_own_server(served, tmp_path):
+    tuned, url = served
+    backend = OpenAIBackend(ServedModel("tuned", url), HTTPOptions(concurrency=4))
+    assert backend.identity["served"]["sunrise"]["model"] == "fake:tuned"  # the server's own identity
+    results = Generator(backend, GenerationSettings(), cache=False).run([c.note for c in SEED])
+    assert [r.generation.text for r in results] == [dumps(c.expected) for c in SEED]
+    assert {s.decoding for s in tuned.settings} == {"free"}  # response_format text: free, as asked
+
+
+def test_requests_that_arrive_together_share_one_batch(served):
+    tuned, url = served
+    notes = [c.note for c in SEED[:8]]
+    client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0)
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda n: client.chat.completions.create(model="tuned", messages=messages(n)),
+                                notes))
+    assert [a.choices[0].message.content for a in answers] == [dumps(c.expected) for c in SEED[:8]]
+    # The first request runs alone; the other seven arrive while it runs and go together after it.
+    assert len(tuned.calls) < len(notes) and max(len(c) for c in tuned.calls) > 1
+    assert sorted(n for call in tuned.calls for n in call) == sorted(notes)
+
+
+def test_the_decoding_follows_the_request(served):
+    tuned, url = served
+    client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0)
+    client.chat.completions.create(model="tuned", messages=messages(SEED[1].note), max_tokens=7,
+                                   response_format={"type": "json_schema",
+                                                    "json_schema": {"name": "s", "schema": SCHEMA}})
+    assert tuned.settings[-1].decoding == "schema" and tuned.settings[-1].max_new_tokens == 7
+
+
+@pytest.mark.parametrize("body, status, code", [
+    ({"model": "gpt-4", "messages": messages("Pt A, 40y.")}, 404, "model_not_found"),
+    ({"model": "tuned", "messages": messages("Pt A, 40y."), "stream": True}, 400, "unsupported"),
+    ({"model": "tuned", "messages": [{"role": "system", "content": "You are a pirate."},
+                                     {"role": "user", "content": "Pt A"}]}, 400, "unknown_prompt"),
+    ({"model": "tuned", "messages": [{"role": "assistant", "content": "hi"}]}, 400, "invalid_messages"),
+    ({"model": "tuned", "messages": messages("   ")}, 422, "empty_note"),
+    ({"model": "tuned", "messages": messages("x" * 20_001)}, 422, "too_long"),
+    ({"model": "tuned", "messages": messages("Pt A"), "max_tokens": 0}, 400, "invalid_value"),
+    ({"model": "tuned", "messages": messages("Pt A"), "response_format": {"type": "json_object"}}, 400,
+     "unsupported_response_format"),
+    ({"model": "tuned", "messages": messages("Pt A"), "structured_outputs": {"grammar": "start: /x/"}}, 400,
+     "unsupported_grammar"),
+])
+def test_bad_requests_get_an_openai_shaped_error(served, body, status, code):
+    _, url = served
+    resp = httpx.post(f"{url}/chat/completions", json=body)
+    assert resp.status_code == status
+    assert resp.json()["error"]["code"] == code and resp.json()["error"]["message"]
+
+
+def test_a_user_message_alone_is_answered_with_the_trained_prompt(served):
+    _, url = served
+    body = {"model": "tuned", "messages": [{"role": "user", "content": SEED[3].note}]}
+    with_system = {"model": "tuned", "messages": [{"role": "system", "content": SYSTEM_PROMPT},
+                                                  {"role": "user", "content": SEED[3].note}]}
+    answers = [httpx.post(f"{url}/chat/completions", json=b).json() for b in (body, with_system)]
+    assert answers[0]["choices"][0]["message"] == answers[1]["choices"][0]["message"]
+
+
+@pytest.mark.slow
+def test_a_served_adapter_answers_as_it_does_in_process(tmp_path):
+    """`sunrise serve` in a subprocess, the real embedded model and the reference adapter: over HTTP,
+    with requests in flight together (so the server batches them its own way), every seed note gets
+    exactly the output the same model gives in process: greedy, the same prompt, the same per-note
+    bound, and outputs that do not depend on the batch (harness.numerics)."""
+    import subprocess
+    import sys
+
+    from harness.models import HFBackend, ModelSpec
+    from harness.settings import REFERENCE_ADAPTER
+    from tests.fakes.servers import free_port
+
+    port = free_port()
+    with (tmp_path / "serve.log").open("w") as log:
+        server = subprocess.Popen([sys.executable, "-m", "harness.cli", "serve", "--port", str(port),
+                                   "--decoding", "free", "--adapter", str(REFERENCE_ADAPTER)],
+                                  stdout=log, stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}/v1"
+        deadline = time.monotonic() + 300
+        while True:
+            assert server.poll() is None, (tmp_path / "serve.log").read_text()
+            try:
+                if httpx.get(f"{url}/models", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "sunrise serve did not start in 300 s"
+            time.sleep(0.5)
+        notes = [c.note for c in SEED]
+        remote = OpenAIBackend(ServedModel("tuned", url), HTTPOptions(concurrency=4))
+        over_http = remote.generate(notes, GenerationSettings())
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    local = HFBackend(ModelSpec(quantization="nf4", adapter=str(REFERENCE_ADAPTER)))
+    assert remote.identity["served"]["sunrise"]["adapter_sha256"] == local.identity["adapter_sha256"]
+    in_process = local.generate(notes, GenerationSettings())
+    assert [g.error for g in over_http] == [None] * len(notes)
+    assert [g.text for g in over_http] == [g.text for g in in_process]
+    assert [g.new_tokens for g in over_http] == [g.new_tokens for g in in_process]

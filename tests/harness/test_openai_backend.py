@@ -1,0 +1,133 @@
+"""The HTTP backend (the official openai SDK over real HTTP) against a local fake OpenAI-compatible
+server: retries, per-note errors, concurrency, identity, structured output and the key kept secret."""
+
+import json
+
+import pytest
+
+from harness.errors import AdapterError, HarnessError, ModelNotFoundError
+from harness.generation import Generator
+from harness.grammar import grammar_for
+from harness.models import GenerationSettings, ModelSpec, load_backend
+from harness.openai_backend import HTTPOptions, OpenAIBackend, ServedModel
+from harness.schema import SCHEMA, dumps
+from scenarios import SEED
+from tests.fakes.openai_server import KEY, FakeOpenAI
+from tests.fakes.servers import free_port, running
+
+NOTES = [c.note for c in SEED[:4]]
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    server = FakeOpenAI(answers={c.note: dumps(c.expected) for c in SEED})
+    with running(server.app()) as url:
+        server.url = f"{url}/v1"
+        yield server
+
+
+def backend(fake, model="served-base", **options) -> OpenAIBackend:
+    return OpenAIBackend(ServedModel(model, fake.url), HTTPOptions(**{"max_retries": 2, **options}))
+
+
+def test_names_parse_and_say_what_is_wrong():
+    assert ServedModel.parse("openai:Qwen/Qwen2.5-3B-Instruct@http://h:8000/v1/") == ServedModel(
+        "Qwen/Qwen2.5-3B-Instruct", "http://h:8000/v1")
+    assert ServedModel.parse("openai:cand#ab12", "http://h/v1") == ServedModel("cand", "http://h/v1", "ab12")
+    for bad in ("openai:@http://h/v1", "openai:model", "openai:model@h:8000"):
+        with pytest.raises(ValueError, match="openai:MODEL@URL"):
+            ServedModel.parse(bad)
+
+
+def test_outputs_come_back_in_order_with_the_request_the_harness_promises(fake):
+    got = backend(fake).generate(NOTES, GenerationSettings())
+    assert [g.text for g in got] == [dumps(c.expected) for c in SEED[:4]]
+    assert all(g.stopped and g.error is None for g in got)
+    sent = fake.requests[0]
+    assert sent["temperature"] == 0 and sent["seed"] == 0 and sent["response_format"] == {"type": "text"}
+    assert [m["role"] for m in sent["messages"]] == ["system", "user"]
+    assert sent["max_tokens"] >= 3 * len(sent["messages"][-1]["content"])  # the per-note bound, never below it
+
+
+def test_constrained_modes_are_sent_as_structured_output_requests(fake):
+    b = backend(fake)
+    b.generate(NOTES[:1], GenerationSettings(decoding="schema"))
+    b.generate(NOTES[:1], GenerationSettings(decoding="grounded"))
+    schema_request, grounded_request = fake.requests
+    assert schema_request["response_format"]["json_schema"]["schema"] == SCHEMA
+    assert grounded_request["structured_outputs"] == {"grammar": grammar_for("grounded", NOTES[0])}
+
+
+def test_identity_names_server_and_model_and_stays_stable(fake):
+    """/v1/models' `created` and permission ids change per request; they must not change cache keys."""
+    first, second = backend(fake).identity, backend(fake).identity
+    assert first == second
+    assert first["model"] == "openai:served-base" and first["base_url"] == fake.url
+    assert first["served"] == {"id": "served-base", "object": "model", "owned_by": "fake", "root": "served-base"}
+
+
+def test_429_with_retry_after_and_500_are_retried(fake):
+    fake.faults = {NOTES[0]: ["429"], NOTES[1]: ["500", "500"]}
+    got = backend(fake).generate(NOTES[:2], GenerationSettings())
+    assert [g.error for g in got] == [None, None]
+    assert [json.loads(g.text) for g in got] == [c.expected for c in SEED[:2]]
+    assert sum(r["messages"][-1]["content"] == NOTES[1] for r in fake.requests) == 3
+
+
+@pytest.mark.parametrize("fault, words", [
+    ("500", "the server answered 500: internal error"),
+    ("slow", "no answer within 0.5 s"),
+    ("malformed", "unreadable answer"),
+])
+def test_a_failure_is_that_notes_error_the_others_go_on_and_nothing_failed_is_cached(fake, tmp_path, fault, words):
+    from harness.cache import GenerationCache
+
+    fake.faults = {NOTES[1]: [fault] * 3}
+    fake.delay = 2.0
+    generator = Generator(backend(fake, timeout_s=0.5, max_retries=1), GenerationSettings(),
+                          cache=GenerationCache(tmp_path))
+    results = generator.run(NOTES)
+    assert words in results[1].error and results[1].generation.transient
+    assert [r.error for i, r in enumerate(results) if i != 1] == [None, None, None]
+    fake.faults = {}
+    again = generator.run(NOTES)  # the failed note is asked again; the others come from the cache
+    assert again[1].error is None and not again[1].generation.cached
+    assert all(r.generation.cached for i, r in enumerate(again) if i != 1)
+
+
+def test_requests_in_flight_are_bounded(fake):
+    notes = [f"Pt {i}, 40y. Meds: Aspirin 81mg." for i in range(12)]
+    backend(fake, concurrency=3).generate(notes, GenerationSettings())
+    assert fake.most_in_flight == 3
+
+
+def test_a_wrong_key_is_refused_up_front_and_never_repeated(fake, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-wrong-key-that-must-not-leak")
+    with pytest.raises(HarnessError, match="refused the API key") as err:
+        backend(fake)
+    assert "sk-wrong" not in str(err.value)
+
+
+def test_a_key_the_server_quotes_back_is_redacted_from_the_notes_error(fake):
+    b = backend(fake)
+    b._key = "sk-revoked-mid-run"  # the server now gets a key it rejects and quotes back
+    b.client = b.client.with_options(api_key=b._key)
+    error = b.generate(NOTES[:1], GenerationSettings())[0].error
+    assert "401" in error and "[API key]" in error and "sk-revoked" not in error
+
+
+def test_an_unknown_model_and_a_refused_connection_are_clear(fake):
+    with pytest.raises(ModelNotFoundError, match="does not serve 'nope'; it serves: cand, served-base"):
+        backend(fake, model="nope")
+    with pytest.raises(ModelNotFoundError, match="could not reach"):
+        OpenAIBackend(ServedModel("m", f"http://127.0.0.1:{free_port()}/v1"), HTTPOptions(max_retries=0))
+
+
+def test_a_served_base_takes_a_served_adapter_on_the_same_server(fake):
+    tuned = load_backend(ModelSpec(base=f"openai:served-base@{fake.url}", adapter="openai:cand#beef"))
+    assert tuned.identity["model"] == "openai:cand" and tuned.identity["adapter_sha256"] == "beef"
+    with pytest.raises(AdapterError, match="takes a served adapter"):
+        load_backend(ModelSpec(base=f"openai:served-base@{fake.url}", adapter="fixtures/reference-adapter"))
+    with pytest.raises(AdapterError, match="needs a served base model"):
+        load_backend(ModelSpec(adapter="openai:cand"))
