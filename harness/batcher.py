@@ -1,8 +1,8 @@
 """Requests that arrive together share one forward pass: what a server puts in front of a loaded model.
 
-One worker thread owns the backend (a model is never called from two threads at once). Every
-request that arrives while a batch runs waits for the next batch, which takes all of them that
-share generation settings. Outputs do not depend on the batch (harness.numerics), so a client gets
+One worker thread owns the backend (a model is never called from two threads at once). A batch
+starts a moment after its first request arrives and takes every request then waiting that shares
+its generation settings; requests that arrive while it runs go together into the next one. Outputs do not depend on the batch (harness.numerics), so a client gets
 the answer it would get alone.
 """
 
@@ -16,8 +16,10 @@ from harness.models import Backend, Generation, GenerationSettings
 
 
 class Batcher:
-    def __init__(self, backend: Backend, max_batch: int = 32):
-        self.backend, self.max_batch = backend, max_batch
+    def __init__(self, backend: Backend, max_batch: int = 32, window_s: float = 0.02):
+        # window_s: how long a batch waits for company after its first request; clients that send
+        # together arrive within it (a generation takes seconds, so the wait costs little).
+        self.backend, self.max_batch, self.window_s = backend, max_batch, window_s
         self._pending: list[tuple[str, GenerationSettings, Future]] = []
         self._wake = threading.Condition()
         self.batches: list[int] = []  # the size of every batch run, for tests and benchmarks
@@ -36,6 +38,7 @@ class Batcher:
         while True:
             with self._wake:
                 self._wake.wait_for(lambda: self._pending)
+                self._wake.wait_for(lambda: len(self._pending) >= self.max_batch, timeout=self.window_s)
                 settings = self._pending[0][1]
                 batch = [p for p in self._pending if p[1] == settings][:self.max_batch]
                 self._pending = [p for p in self._pending if all(p is not b for b in batch)]

@@ -74,7 +74,8 @@ def test_main_job_end_to_end(tmp_path):
     """The README's first command, shortened: dataset, training, then the suite and its report."""
     root = Path(__file__).resolve().parents[2]
     cmd = [sys.executable, "-m", "harness.cli", "main", "--out", str(tmp_path / "run"), "--report-dir",
-           str(tmp_path / "reports"), "--max-steps", "2", "--", "--scenario-sets", "seed", "-k", "not hypothesis"]
+           str(tmp_path / "reports"), "--max-steps", "2", "--", "--scenario-sets", "seed", "-k", "not hypothesis",
+           "--decoding", "free"]
     proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     assert "[1/3]" in proc.stdout and "[3/3]" in proc.stdout

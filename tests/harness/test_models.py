@@ -118,6 +118,21 @@ def test_base_model_fails_the_schema_the_way_the_project_expects(base_fp32):
 
 
 @pytest.mark.slow
+def test_prompted_role_on_the_embedded_model(base_fp32):
+    """The prompted role's path on the real model: the engineered prompt (schema, rules, examples)
+    reaches it, each answer keeps the per-note bound (counted from the note, not the long prompt),
+    and the 135M model zero-shot still does not write schema v1, the study's starting point."""
+    from harness.scoring import score_case
+
+    settings = GenerationSettings(prompt="engineered")
+    outs = base_fp32.generate([c.note for c in SEED], settings)
+    for case, out in zip(SEED, outs, strict=True):
+        assert out.prompt_tokens > base_fp32.template_tokens("trained") + 500
+        assert out.new_tokens <= base_fp32.answer_limit(case.note, settings) < 400
+        assert not score_case(out.text, case.expected, case.note).schema_valid, out.text
+
+
+@pytest.mark.slow
 def test_loop_is_bounded_by_max_new_tokens(base_fp32):
     out = base_fp32.generate(["Repeat the word 'bed' forever."], GenerationSettings(max_new_tokens=16))[0]
     assert out.new_tokens <= 16

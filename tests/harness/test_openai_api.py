@@ -75,8 +75,8 @@ def test_requests_that_arrive_together_share_one_batch(served):
         answers = list(pool.map(lambda n: client.chat.completions.create(model="tuned", messages=messages(n)),
                                 notes))
     assert [a.choices[0].message.content for a in answers] == [dumps(c.expected) for c in SEED[:8]]
-    # The first request runs alone; the other seven arrive while it runs and go together after it.
-    assert len(tuned.calls) < len(notes) and max(len(c) for c in tuned.calls) > 1
+    # Sent together, they arrive within the batcher's window: far fewer forward passes than requests.
+    assert len(tuned.calls) < len(notes) / 2 and max(len(c) for c in tuned.calls) > 1
     assert sorted(n for call in tuned.calls for n in call) == sorted(notes)
 
 
@@ -150,7 +150,7 @@ def test_a_served_adapter_answers_as_it_does_in_process(tmp_path):
             assert time.monotonic() < deadline, "sunrise serve did not start in 300 s"
             time.sleep(0.5)
         notes = [c.note for c in SEED]
-        remote = OpenAIBackend(ServedModel("tuned", url), HTTPOptions(concurrency=4))
+        remote = OpenAIBackend(ServedModel("tuned", url), HTTPOptions(concurrency=len(notes)))
         over_http = remote.generate(notes, GenerationSettings())
     finally:
         server.terminate()
