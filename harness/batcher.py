@@ -2,8 +2,8 @@
 
 One worker thread owns the backend (a model is never called from two threads at once). A batch
 starts a moment after its first request arrives and takes every request then waiting that shares
-its generation settings; requests that arrive while it runs go together into the next one. Outputs do not depend on the batch (harness.numerics), so a client gets
-the answer it would get alone.
+its generation settings; requests that arrive while it runs go together into the next one. Outputs
+do not depend on the batch (harness.numerics), so a client gets the answer it would get alone.
 """
 
 from __future__ import annotations
