@@ -27,6 +27,10 @@ API_KEY_ENV = "OPENAI_API_KEY"
 # weights; `created` (often the time of the request) and permission ids would change every cache key.
 STABLE_MODEL_FIELDS = ("id", "object", "owned_by", "root", "parent", "max_model_len", "context_window", "sunrise")
 REQUEST = {"temperature": 0, "seed": 0}  # greedy, and a seed for servers that sample anyway
+# How each decoding mode is asked of the server (structured_output below), as the summary records it.
+DECODING_REQUESTS = {"free": 'response_format {"type": "text"}',
+                     "schema": "response_format json_schema: schema v1, strict",
+                     "grounded": "structured_outputs.grammar: the note's grounded Lark grammar (vLLM)"}
 
 
 def is_served(name: str | None) -> bool:
@@ -82,6 +86,7 @@ class OpenAIBackend:
             "served": self._describe(),
             "adapter_sha256": served.adapter_sha256,
             "request": dict(REQUEST),
+            "decoding_requests": DECODING_REQUESTS,
             "answer_bound": list(ANSWER_BOUND),
         }
 

@@ -121,4 +121,6 @@ def serve(host: str, port: int, base: ModelSpec, tuned: ModelSpec | None, groq_b
           f"http://{host}:{port}/v1  (models: {', '.join(models)}; "
           f"decoding {settings.decoding}; dictation {'on' if transcriber.enabled else 'off: ' + transcriber.reason})",
           flush=True)
-    uvicorn.run(create_app(models, transcriber, settings), host=host, port=port, log_level="warning")
+    # A stop (Ctrl-C, SIGTERM) waits at most 10 s for generations in flight, not for every queued one.
+    uvicorn.run(create_app(models, transcriber, settings), host=host, port=port, log_level="warning",
+                timeout_graceful_shutdown=10)
