@@ -83,6 +83,20 @@ class GenerationSettings:
         return {**asdict(self), **({"grammar": GRAMMAR_VERSION} if self.constrained else {})}
 
 
+def answer_bound(settings: GenerationSettings, skeleton: int, note_length: int) -> int:
+    """max_new_tokens as given, else the schema's skeleton + ANSWER_BOUND[0] x the note + ANSWER_BOUND[1],
+    in the backend's unit (tokens in process; UTF-8 bytes over HTTP, never fewer than tokens)."""
+    if settings.max_new_tokens is not None:
+        return settings.max_new_tokens
+    per_note_unit, margin = ANSWER_BOUND
+    return skeleton + per_note_unit * max(0, note_length) + margin
+
+
+def token_limit(bound: int, note: str, settings: GenerationSettings) -> int:
+    """The most new tokens a note may take: its bound, plus the room to close a constrained answer."""
+    return bound + close_reserve(note) if settings.constrained else bound
+
+
 @dataclass(frozen=True)
 class Generation:
     text: str
@@ -377,11 +391,7 @@ class HFBackend:
         """Every value in a summary is copied from the note, so an answer needs at most the schema's
         skeleton plus the note's tokens again, and the per-entry keys around them (measured on the
         dataset: at most 2.5 answer tokens per note token beyond the skeleton). A looping model stops here."""
-        if settings.max_new_tokens is not None:
-            return settings.max_new_tokens
-        per_note_token, margin = ANSWER_BOUND
-        note_tokens = prompt_tokens - self.template_tokens(settings.prompt)
-        return self.skeleton_tokens + per_note_token * max(0, note_tokens) + margin
+        return answer_bound(settings, self.skeleton_tokens, prompt_tokens - self.template_tokens(settings.prompt))
 
     def template_tokens(self, prompt: str) -> int:
         """The prompt's tokens around a note: its system message and the chat markup."""
@@ -394,9 +404,7 @@ class HFBackend:
         return self.tokenizer(prompts, add_special_tokens=False)["input_ids"]
 
     def token_limit(self, note: str, prompt_tokens: int, settings: GenerationSettings) -> int:
-        """The most new tokens a note may take: its bound, plus the room to close a constrained answer."""
-        bound = self.max_new_tokens(prompt_tokens, settings)
-        return bound + close_reserve(note) if settings.constrained else bound
+        return token_limit(self.max_new_tokens(prompt_tokens, settings), note, settings)
 
     def answer_limit(self, note: str, settings: GenerationSettings) -> int:
         """The most new tokens `note` gets under `settings` (a server caps a client's max_tokens by it)."""

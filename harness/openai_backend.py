@@ -14,12 +14,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from harness.constraint import close_reserve
 from harness.errors import HarnessError, ModelNotFoundError
 from harness.grammar import grammar_for
-from harness.models import ANSWER_BOUND, Generation, GenerationSettings
+from harness.models import ANSWER_BOUND, Generation, GenerationSettings, answer_bound, token_limit
 from harness.prompt import messages
 from harness.schema import RESOURCE_TYPE, SCHEMA, dumps, empty_summary
+
+SKELETON_BYTES = len(dumps(empty_summary()).encode())
 
 PREFIX = "openai:"
 API_KEY_ENV = "OPENAI_API_KEY"
@@ -112,15 +113,11 @@ class OpenAIBackend:
         return {k: entry[k] for k in STABLE_MODEL_FIELDS if entry.get(k) is not None}
 
     def max_new_tokens(self, note: str, settings: GenerationSettings) -> int:
-        """The in-process bound (schema skeleton + 3 x note tokens + 16), counted in UTF-8 bytes: no
+        """The in-process limit (schema skeleton + 3 x note tokens + 16), counted in UTF-8 bytes: no
         byte-level tokenizer makes more tokens than bytes, so this is never below the bound the model
         would get in process (`sunrise serve` applies that one itself; elsewhere a looping model
         just writes a little longer before it is cut)."""
-        if settings.max_new_tokens is not None:
-            return settings.max_new_tokens
-        per_note_byte, margin = ANSWER_BOUND
-        bound = len(dumps(empty_summary()).encode()) + per_note_byte * len(note.encode()) + margin
-        return bound + close_reserve(note) if settings.constrained else bound
+        return token_limit(answer_bound(settings, SKELETON_BYTES, len(note.encode())), note, settings)
 
     @staticmethod
     def structured_output(settings: GenerationSettings, note: str) -> dict:

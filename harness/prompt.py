@@ -58,11 +58,12 @@ ENGINEERED_PROMPT = "\n".join([
     *(f"Note: {note}\nJSON: {answer}" for note, answer in EXAMPLES),
 ])
 PROMPTS: dict[str, str] = {"trained": SYSTEM_PROMPT, "engineered": ENGINEERED_PROMPT}
+_VERSIONS = {name: sha256_text(text)[:12] for name, text in PROMPTS.items()}  # hashed once, read per cache key
 
 
 def prompt_version(prompt: str = "trained") -> str:
     """Part of every cache key: a changed prompt text regenerates what was cached under the old one."""
-    return sha256_text(PROMPTS[prompt])[:12]
+    return _VERSIONS[prompt]
 
 
 def messages(note: str, answer: str | None = None, prompt: str = "trained") -> list[dict]:
