@@ -1,14 +1,8 @@
 """Sunrise evaluation harness: schema v1, scoring, models, cached generation, the gate and reports.
 
-Importing this package is cheap: torch and transformers load only when a model does. It asks MKL
-for shape-independent sums before torch first uses it (harness.numerics: batch-invariant outputs).
+Importing this package is cheap: torch and transformers load only when a model does.
 """
 
-from harness.numerics import pin_reproducible_blas
-
-pin_reproducible_blas()
-
-# ruff: noqa: E402 (the numerics setting above must precede every import that might load torch)
 from harness.checks import CHECKS, Verdict, run_checks
 from harness.errors import AdapterError, HarnessError, InputError, ModelNotFoundError
 from harness.gate import Thresholds, compare

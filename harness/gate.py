@@ -69,16 +69,21 @@ def _sunrise_table(path: Path, table: str) -> dict:
     return tomllib.loads(Path(path).read_text()).get("tool", {}).get("sunrise", {}).get(table, {})
 
 
-def gate_decodings(path: Path) -> tuple[str, ...]:
-    """The decoding modes the gate judges: [tool.sunrise.gate] decoding in pyproject.toml (default: free)."""
+def gate_settings(path: Path) -> dict[str, tuple[str, ...]]:
+    """What the gate judges, from [tool.sunrise.gate] in pyproject.toml: `decoding`, the decoding modes
+    (default: free), and `quantization`, the base numerics the adapter will be served with (default: nf4)."""
     table = _sunrise_table(path, "gate")
-    unknown = sorted(set(table) - {"decoding"})
+    defaults = {"decoding": ["free"], "quantization": ["nf4"]}
+    unknown = sorted(set(table) - set(defaults))
     if unknown:
         raise ValueError(f"unknown key(s) in {path} [tool.sunrise.gate]: {', '.join(unknown)}")
-    modes = table.get("decoding", ["free"])
-    if not isinstance(modes, list) or not all(isinstance(m, str) for m in modes):
-        raise ValueError(f"[tool.sunrise.gate] decoding in {path} must be a list of mode names, got {modes!r}")
-    return tuple(modes)
+    out = {}
+    for key, default in defaults.items():
+        names = table.get(key, default)
+        if not isinstance(names, list) or not all(isinstance(m, str) for m in names):
+            raise ValueError(f"[tool.sunrise.gate] {key} in {path} must be a list of names, got {names!r}")
+        out[key] = tuple(names)
+    return out
 
 
 # Metrics where lower is better: their thresholds are maxima.

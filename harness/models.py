@@ -20,7 +20,7 @@ from harness.embedded import EMBEDDED_NAME, converted_gguf, embedded_gguf
 from harness.errors import AdapterError, InputError, ModelNotFoundError
 from harness.grammar import DECODINGS, GRAMMAR_VERSION, Decoding
 from harness.hashing import folder_weights_sha256, sha256_file, sha256_text
-from harness.numerics import numerics, register_attention
+from harness.numerics import numerics, pin_reproducible_blas, register_attention
 from harness.prompt import PROMPTS, Prompt, render_prompt
 from harness.schema import dumps, empty_summary
 from harness.settings import cache_root
@@ -270,6 +270,10 @@ def _torch_dtype(name: str):
 
 def load_base_model(spec: ModelSpec, resolved: ResolvedBase, for_training: bool = False):
     """Load tokenizer and model per `spec`: float32/bf16/fp16, or NF4 4-bit through bitsandbytes."""
+    if not for_training:
+        # Generation asks MKL for shape-independent sums (harness.numerics); training keeps MKL's
+        # fastest kernels (1.4x per step measured, benchmarks/training.py) and needs no invariance.
+        pin_reproducible_blas()
     try:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -28,8 +28,10 @@ ATTENTION = "sunrise_float64"
 
 
 def pin_reproducible_blas() -> None:
-    """Ask MKL for shape-independent sums; it reads this once, at its first call, so the harness
-    sets it on import (a user's own MKL_CBWR is kept). `blas_is_batch_invariant` checks it took."""
+    """Ask MKL for shape-independent sums; it reads this once, at its first call, so the harness sets
+    it before it loads a model for generation, and the pytest plugin at start-up (a user's own
+    MKL_CBWR is kept). Training does not: it needs no invariance and strict mode costs it 1.4x.
+    `blas_is_batch_invariant` checks whether it took; a model's identity records the answer."""
     os.environ.setdefault("MKL_CBWR", CBWR)
 
 

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from harness.gate import Thresholds, gate_decodings
+from harness.gate import Thresholds, gate_settings
 from harness.grammar import DECODINGS
 from harness.models import GenerationSettings
+from harness.numerics import pin_reproducible_blas
 from harness.openai_backend import HTTPOptions, is_served
 from harness.settings import REFERENCE_ADAPTER, REFERENCE_BASELINE
 from harness.suite import (
@@ -68,7 +69,10 @@ def pytest_addoption(parser):
                      "base, the name the server serves it under, openai:NAME[#SHA256]")
     g.addoption("--http-concurrency", type=int, default=HTTPOptions().concurrency,
                 help="requests in flight at once to a served model (default %(default)s)")
-    g.addoption("--quantization", choices=("nf4", "none"), default="nf4", help="base weights (default nf4)")
+    g.addoption("--quantization", default=None,
+                help="comma-separated base numerics for the tuned model, each evaluated on its own (nf4, none: "
+                     "unquantised, as merged or served adapters run; default: the gate's, [tool.sunrise.gate] "
+                     "quantization in pyproject.toml); the base model runs under the first")
     g.addoption("--decoding", default=None,
                 help=f"comma-separated decoding modes for the tuned model, each evaluated on its own "
                      f"({', '.join(DECODINGS)}; default: "
@@ -90,11 +94,13 @@ def pytest_addoption(parser):
     g.addoption("--test-split-size", type=int, default=100, help="held-out test-split scenarios (default 100)")
     g.addoption("--no-generation-cache", action="store_true", help="always generate (never read the cache)")
     g.addoption("--fake-outputs", type=Path, default=None,
-                help="JSON {role: {note: output}}: scripted models instead of real ones (for testing the suite)")
+                help="JSON {role: {note: output}} (a key such as tuned@none scripts one base numerics): scripted "
+                     "models instead of real ones (for testing the suite)")
     g.addoption("--run-slow", action="store_true", help="also run slow tests (real models, browser)")
 
 
 def pytest_configure(config):
+    pin_reproducible_blas()  # before any test touches torch: the whole session's outputs batch-invariant
     for name, text in MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {text}")
     profiles.load(os.environ.get("SUNRISE_HYPOTHESIS_PROFILE"))
@@ -106,7 +112,8 @@ def pytest_configure(config):
         baseline = None
     try:
         pyproject = Path(config.rootpath) / "pyproject.toml"
-        gate_modes = gate_decodings(pyproject)
+        gate = gate_settings(pyproject)
+        gate_modes = gate["decoding"]
         overrides = dict(config.getoption("--threshold"))
         thresholds = {mode: Thresholds.from_pyproject(pyproject, decoding=mode).with_overrides(overrides)
                       for mode in gate_modes}
@@ -114,7 +121,8 @@ def pytest_configure(config):
         decoding = config.getoption("--decoding")
         options = SuiteOptions(
             base_model=config.getoption("--base-model"), adapter=adapter,
-            quantization=config.getoption("--quantization"),
+            quantizations=_modes(config.getoption("--quantization") or ",".join(gate["quantization"])),
+            gate_quantizations=gate["quantization"],
             scenario_sets=tuple(s for s in config.getoption("--scenario-sets").split(",") if s),
             test_split_size=config.getoption("--test-split-size"), baseline=baseline, thresholds=thresholds,
             targets=targets,

@@ -51,12 +51,12 @@ CLAIM = (("schema_valid", "schema valid"), ("field_f1", "field F1"), ("grounded"
 
 def comparison_line(summary: dict) -> str | None:
     """'base vs prompted vs tuned' in one line, e.g. "schema valid: base 0%, prompted 4%, tuned 94% | ...",
-    each role as it is prompted (free decoding) where it ran so, else its first decoding."""
+    each role by its first variant as it is prompted (free decoding) where it ran so, else its first."""
     chosen: dict[str, dict] = {}
-    for name, data in summary.get("roles", {}).items():
-        role = data.get("role", name)
-        if data.get("metrics") and (role not in chosen or data.get("decoding") == "free"):
-            chosen[role] = data["metrics"]
+    free_first = sorted(summary.get("roles", {}).items(), key=lambda item: item[1].get("decoding") != "free")
+    for name, data in free_first:
+        if data.get("metrics"):
+            chosen.setdefault(data.get("role", name), data["metrics"])
     order = [r for r in ("base", "prompted", "tuned") if r in chosen]
     if len(order) < 2:
         return None

@@ -26,7 +26,6 @@ from scenarios.notes import Case
 from scenarios.splits import generate_split
 from scenarios.strategies import clinical_cases
 
-ROLES = ("base", "prompted", "tuned")
 # The model each role loads: the prompted role is the base model with the engineered zero-shot prompt.
 MODEL_OF = {"base": "base", "prompted": "base", "tuned": "tuned"}
 SCENARIO_SETS = ("seed", "curated", "test")
@@ -35,22 +34,33 @@ NOT_WORSE_METRICS = ("json_valid", "schema_valid", "resource_type", "no_invented
                      "stated_age", "dose_split", "med_count", "field_f1", "grounded")
 
 
+QUANTIZATIONS = ("nf4", "none")
+# The base numerics a variant's name leaves unsaid: the training numerics of a QLoRA adapter, and
+# what every summary recorded before numerics became a variant of their own.
+DEFAULT_QUANTIZATION = "nf4"
+
+
 @dataclass(frozen=True)
 class Variant:
-    """A model role decoded one way: each is generated, scored and reported on its own."""
+    """A model role decoded one way on one base numerics: each is generated, scored and reported on its own."""
 
     role: str
     decoding: str
+    quantization: str = DEFAULT_QUANTIZATION
+
+    @property
+    def _numerics(self) -> str:
+        return "" if self.quantization == DEFAULT_QUANTIZATION else self.quantization
 
     @property
     def name(self) -> str:
-        """Its key in summaries and reports, e.g. 'tuned:grounded'."""
-        return f"{self.role}:{self.decoding}"
+        """Its key in summaries and reports, e.g. 'tuned:grounded', or 'tuned:free@none' off NF4."""
+        return f"{self.role}:{self.decoding}" + (f"@{self._numerics}" if self._numerics else "")
 
     @property
     def id(self) -> str:
-        """Its part of test ids, e.g. 'tuned-grounded'."""
-        return f"{self.role}-{self.decoding}"
+        """Its part of test ids, e.g. 'tuned-grounded', or 'tuned-free-none' off NF4."""
+        return f"{self.role}-{self.decoding}" + (f"-{self._numerics}" if self._numerics else "")
 
 
 @dataclass(frozen=True)
@@ -59,7 +69,10 @@ class SuiteOptions:
 
     base_model: str = "embedded"
     adapter: Path | str | None = REFERENCE_ADAPTER  # a LoRA folder, or a served adapter (openai:NAME)
-    quantization: str = "nf4"
+    # Base numerics the tuned model is evaluated under, each its own variant; the base and prompted
+    # roles run under the first (the point of comparison, not the thing deployed).
+    quantizations: tuple[str, ...] = (DEFAULT_QUANTIZATION,)
+    gate_quantizations: tuple[str, ...] = (DEFAULT_QUANTIZATION,)  # those the adapter will be served with
     scenario_sets: tuple[str, ...] = SCENARIO_SETS
     test_split_size: int = 100
     baseline: Path | None = None
@@ -74,7 +87,8 @@ class SuiteOptions:
     base_decodings: tuple[str, ...] = ("free",)
     prompted_decodings: tuple[str, ...] = ("free",)  # the base model, zero-shot with harness.prompt's engineered prompt
     gate_decodings: tuple[str, ...] = ("free", "grounded")  # the tuned variants the gate judges
-    fake_outputs: Path | None = None  # a JSON {role: {note: output}} file: scripted backends, no model
+    # A JSON {role: {note: output}} file (a key "tuned@none" scripts one numerics): scripted backends, no model.
+    fake_outputs: Path | None = None
     http: HTTPOptions = field(default_factory=HTTPOptions)  # for served models (openai:MODEL@URL)
 
     def floors(self, decoding: str) -> Thresholds:
@@ -90,6 +104,11 @@ class SuiteOptions:
             wrong = sorted(set(modes) - set(DECODINGS))
             if wrong or (not modes and name != "prompted decoding") or len(set(modes)) != len(modes):
                 raise ValueError(f"{name} must list distinct modes of {', '.join(DECODINGS)}; got {list(modes)}")
+        for name, kinds in (("quantization", self.quantizations), ("gate quantization", self.gate_quantizations)):
+            wrong = sorted(set(kinds) - set(QUANTIZATIONS))
+            if wrong or not kinds or len(set(kinds)) != len(kinds):
+                raise ValueError(f"{name} must list distinct base numerics of {', '.join(QUANTIZATIONS)}; "
+                                 f"got {list(kinds)}")
         if self.test_split_size < 0:
             raise ValueError("test split size must be >= 0")
         if self.baseline is not None and not Path(self.baseline).is_file():
@@ -113,9 +132,10 @@ def applicable_checks(case: Case) -> list[str]:
 
 
 def variants(options: SuiteOptions) -> list[Variant]:
-    return ([Variant("base", mode) for mode in options.base_decodings]
-            + [Variant("prompted", mode) for mode in options.prompted_decodings]
-            + [Variant("tuned", mode) for mode in options.decodings])
+    first = options.quantizations[0]
+    return ([Variant("base", mode, first) for mode in options.base_decodings]
+            + [Variant("prompted", mode, first) for mode in options.prompted_decodings]
+            + [Variant("tuned", mode, q) for q in options.quantizations for mode in options.decodings])
 
 
 def settings_for(options: SuiteOptions, variant: Variant) -> GenerationSettings:
@@ -127,34 +147,35 @@ def base_for(options: SuiteOptions, decoding: str) -> Variant:
     """The base variant a tuned one is compared with: the same decoding where the base ran under it,
     else the base as prompted (free), else its first mode."""
     modes = options.base_decodings
-    return Variant("base", decoding if decoding in modes else "free" if "free" in modes else modes[0])
+    return Variant("base", decoding if decoding in modes else "free" if "free" in modes else modes[0],
+                   options.quantizations[0])
 
 
 def gated(options: SuiteOptions) -> list[Variant]:
-    """The tuned variants the gate judges: the configured gate modes that this run evaluates."""
-    return [v for v in variants(options) if v.role == "tuned" and v.decoding in options.gate_decodings]
+    """The tuned variants the gate judges: the configured gate modes and numerics that this run evaluates."""
+    return [v for v in variants(options) if v.role == "tuned" and v.decoding in options.gate_decodings
+            and v.quantization in options.gate_quantizations]
 
 
 def backend_factories(options: SuiteOptions) -> dict[str, Callable[[], Backend]]:
     """A loader per variant; variants of one model (every decoding, and base and prompted) share it."""
-    if options.fake_outputs is not None:
-        scripted = json.loads(Path(options.fake_outputs).read_text())
-        load = {role: (lambda r=role: FakeBackend(scripted.get(r, {}), name=r)) for role in ROLES}
-        model_of = {role: role for role in ROLES}  # a script per role
-    else:
-        base = ModelSpec(base=options.base_model, quantization=options.quantization)
-        tuned = ModelSpec(base=options.base_model, quantization=options.quantization,
-                          adapter=str(options.adapter) if options.adapter else None)
-        load = {"base": lambda: load_backend(base, options.http), "tuned": lambda: load_backend(tuned, options.http)}
-        model_of = MODEL_OF
-    loaded: dict[str, Backend] = {}
+    loaded: dict[tuple[str, str], Backend] = {}
 
-    def shared(model: str) -> Backend:
-        if model not in loaded:
-            loaded[model] = load[model]()
-        return loaded[model]
+    def shared(role: str, quantization: str) -> Backend:
+        if options.fake_outputs is not None:  # a script per role, or per role and numerics ("tuned@none")
+            key = (role, quantization)
+            if key not in loaded:
+                scripts = json.loads(Path(options.fake_outputs).read_text())
+                loaded[key] = FakeBackend(scripts.get(f"{role}@{quantization}", scripts.get(role, {})), name=role)
+            return loaded[key]
+        key = (MODEL_OF[role], quantization)
+        if key not in loaded:
+            adapter = str(options.adapter) if key[0] == "tuned" and options.adapter else None
+            loaded[key] = load_backend(ModelSpec(base=options.base_model, quantization=quantization, adapter=adapter),
+                                       options.http)
+        return loaded[key]
 
-    return {v.name: (lambda m=model_of[v.role]: shared(m)) for v in variants(options)}
+    return {v.name: (lambda v=v: shared(v.role, v.quantization)) for v in variants(options)}
 
 
 class Suite:
@@ -233,6 +254,7 @@ class Suite:
             roles[name] = {
                 "role": self.variants[name].role,
                 "decoding": self.variants[name].decoding,
+                "quantization": self.variants[name].quantization,
                 "identity": run.identity,
                 "error": run.error,
                 "seconds": round(run.seconds, 1),
@@ -251,7 +273,8 @@ class Suite:
             "options": {
                 "base_model": self.options.base_model,
                 "adapter": str(self.options.adapter) if self.options.adapter else None,
-                "quantization": self.options.quantization,
+                "quantizations": list(self.options.quantizations),
+                "gate_quantizations": list(self.options.gate_quantizations),
                 "scenario_sets": list(self.options.scenario_sets),
                 "test_split_size": self.options.test_split_size,
                 "baseline": str(self.options.baseline) if self.options.baseline else None,

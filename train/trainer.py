@@ -41,9 +41,15 @@ def encode_example(tokenizer, note: str, answer: str) -> dict:
 
 @dataclass
 class PadCollator:
-    """Right-pads a batch to its longest row; padded labels are ignored by the loss."""
+    """Right-pads a batch to its longest row; padded labels are ignored by the loss.
+
+    With `answer_logits`, the LM head runs only from the first answer token on (transformers'
+    `logits_to_keep`, labels cut to match): prompt positions carry no loss, and their logits are
+    49k-wide rows that cost compute and memory for nothing. The loss is the same.
+    """
 
     pad_id: int
+    answer_logits: bool = False
 
     def __call__(self, rows: list[dict]) -> dict:
         import torch
@@ -53,12 +59,20 @@ class PadCollator:
         def pad(key, value):
             return torch.tensor([r[key] + [value] * (width - len(r[key])) for r in rows])
 
-        return {
+        batch = {
             "input_ids": pad("input_ids", self.pad_id),
             "labels": pad("labels", IGNORE),
             "attention_mask": torch.tensor([[1] * len(r["input_ids"]) + [0] * (width - len(r["input_ids"]))
                                             for r in rows]),
         }
+        if self.answer_logits:
+            # The logit at position p predicts token p + 1, so keep from the position before the
+            # earliest answer token; the model's loss shifts the cut labels the same way.
+            first = min(next(i for i, x in enumerate(r["labels"]) if x != IGNORE) for r in rows)
+            keep = width - first + 1
+            batch["labels"] = batch["labels"][:, width - keep:]
+            batch["logits_to_keep"] = keep
+        return batch
 
 
 def _precision(config: TrainConfig) -> str:
@@ -91,10 +105,12 @@ def train(config: TrainConfig, out_dir: Path, data_dir: Path | None = None, resu
     import torch
     from datasets import Dataset
     from peft import LoraConfig, get_peft_model
-    from transformers import Trainer, TrainingArguments
+    from transformers import ProgressCallback, Trainer, TrainingArguments
 
     from harness.plots import loss_curve_png, write_png
     from train.history import JsonlLogCallback
+    from train.progress import TrainingProgress
+    from train.throughput import flops_per_token, matmul_bound
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -129,11 +145,12 @@ def train(config: TrainConfig, out_dir: Path, data_dir: Path | None = None, resu
 
     train_ds, val_ds = encode(train_cases), encode(val_cases)
     checkpoints = out_dir / "checkpoints"
+    batch_size, grad_accum = config.micro_batch(on_gpu=torch.cuda.is_available())
     args = TrainingArguments(
         output_dir=str(checkpoints),
-        per_device_train_batch_size=config.batch_size,
-        per_device_eval_batch_size=max(8, config.batch_size),
-        gradient_accumulation_steps=config.grad_accum,
+        per_device_train_batch_size=batch_size,
+        per_device_eval_batch_size=max(8, batch_size),
+        gradient_accumulation_steps=grad_accum,
         learning_rate=config.learning_rate,
         lr_scheduler_type="cosine",
         warmup_steps=config.warmup_steps,
@@ -160,9 +177,11 @@ def train(config: TrainConfig, out_dir: Path, data_dir: Path | None = None, resu
     log_path = out_dir / "train_log.jsonl"
     trainer = Trainer(
         model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
-        data_collator=PadCollator(tokenizer.pad_token_id),
+        data_collator=PadCollator(tokenizer.pad_token_id, answer_logits=config.answer_logits),
         callbacks=[JsonlLogCallback(log_path), *callbacks],
     )
+    trainer.remove_callback(ProgressCallback)  # it prints every log as a dict; ours shows them on one bar
+    trainer.add_callback(TrainingProgress())
     last = _last_checkpoint(checkpoints) if resume else None
     _keep_log_until(log_path, int(last.name.rsplit("-", 1)[-1]) if last else 0)
     t0 = time.perf_counter()
@@ -176,8 +195,10 @@ def train(config: TrainConfig, out_dir: Path, data_dir: Path | None = None, resu
         (out_dir / "README.md").unlink(missing_ok=True)  # peft's empty model-card template
         history = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
         write_png(loss_curve_png(history, held_out=HELD_OUT.conditions[:4]), out_dir / "loss_curve.png")
+        bound = matmul_bound(compute_dtype)
         manifest = _manifest(config, precision, resolved, data_sha256, len(train_ds), len(val_ds), trainable,
-                             history, wall, out_dir, trainer.state.num_input_tokens_seen)
+                             history, wall, out_dir, trainer.state.num_input_tokens_seen,
+                             (bound, flops_per_token(model.config)), (batch_size, grad_accum))
         (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         shutil.rmtree(checkpoints, ignore_errors=True)
     else:
@@ -217,10 +238,12 @@ def _last_checkpoint(folder: Path) -> Path | None:
 
 
 def _manifest(config, precision, resolved, data_sha256, n_train, n_val, trainable, history, wall, out_dir,
-              tokens_seen) -> dict:
+              tokens_seen, compute, micro_batch) -> dict:
     train_losses = [h["train_loss"] for h in history if h.get("train_loss") is not None]
     val_losses = [h["val_loss"] for h in history if h.get("val_loss") is not None]
     rates = [h["tokens_per_second"] for h in history if h.get("tokens_per_second")]
+    rate = statistics.median(rates) if rates else None
+    bound, per_token = compute
     return {
         "how_to_remake": (f"sunrise dataset --out DATA --seed {config.dataset_seed} && sunrise train --profile "
                           f"{config.profile} --data DATA --out OUT, with any hyperparameter below that differs "
@@ -229,14 +252,19 @@ def _manifest(config, precision, resolved, data_sha256, n_train, n_val, trainabl
         "base_model": {"name": resolved.name, "weights_sha256": resolved.weights_sha256},
         "dataset": {"sha256": data_sha256, "train": n_train, "val": n_val,
                     "held_out_concepts": list(HELD_OUT.conditions)},
-        "hyperparameters": {**config.to_dict(), "precision_used": precision},
+        "hyperparameters": {**config.to_dict(), "precision_used": precision,
+                            "micro_batch_used": list(micro_batch)},
         "trainable_parameters": trainable,
         "versions": versions(),
         "wall_seconds": round(wall, 1),
         "tokens_seen": int(tokens_seen),
         # Training throughput (forward + backward, non-padding tokens), evaluations excluded: the median
         # of the per-step rates in the log.
-        "tokens_per_second": round(statistics.median(rates), 1) if rates else None,
+        "tokens_per_second": round(rate, 1) if rate else None,
+        # The machine's matmul bound in the precision used, measured after training, and the share of
+        # it the run's useful FLOPs reached (train.throughput: 4 x matmul weights per token).
+        "matmul_bound_gflops": round(bound, 1),
+        "fraction_of_bound": round(rate * per_token / 1e9 / bound, 3) if rate else None,
         "steps": history[-1]["step"] if history else 0,
         "final_train_loss": train_losses[-1] if train_losses else None,
         "final_val_loss": val_losses[-1] if val_losses else None,

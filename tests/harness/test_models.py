@@ -206,7 +206,10 @@ def test_constrained_decoding_of_the_base_alone_unquantised_batched(base_fp32, d
     from harness.schema import dumps, is_valid
     from scenarios import CURATED
 
-    notes = [c.note for c in (*SEED, *CURATED)]
+    # The seed notes and the first curated ones (numbers that are neither age nor dose): the base runs
+    # every answer to its bound, so each note costs; the constraint itself is checked on every scenario
+    # in test_grammar.py.
+    notes = [c.note for c in (*SEED, *CURATED[:3])]
     settings = GenerationSettings(decoding=decoding, batch_size=8)
     outs = base_fp32.generate(notes, settings)
     for note, out in zip(notes, outs, strict=True):

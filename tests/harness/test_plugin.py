@@ -131,6 +131,31 @@ def test_one_flip_is_noise_for_the_paired_gate(project):
     result.stdout.fnmatch_lines(["*test_not_worse_than_baseline?tuned-free? PASSED*"])
 
 
+def test_the_adapter_is_judged_under_the_numerics_it_will_be_served_with(project):
+    """--quantization evaluates the adapter under more base numerics, each its own variant; the gate
+    judges those pyproject.toml says the adapter will be served with."""
+    fake = _outputs(project.path / "fake.json")
+    scripts = json.loads(fake.read_text())
+    # Off its NF4 training weights this adapter falls apart, as QLoRA adapters can: chatter everywhere.
+    scripts["tuned@none"] = {note: "Sure! " + out for note, out in scripts["tuned"].items()}
+    fake.write_text(json.dumps(scripts))
+    args = ("-m", "tuned", "--fake-outputs", str(fake), "-k", "not hypothesis", "--decoding", "free")
+    reported = _run(project, *args, "--quantization", "nf4,none", "-v")
+    assert reported.ret == 0, reported.stdout.str()[-3000:]  # pyproject: served on nf4, so none is evidence
+    reported.stdout.fnmatch_lines(["*test_check?tuned-free-none-no_chatter-seed-1? XFAIL*"])
+    summary = json.loads(next((project.path / "reports").glob("*/summary.json")).read_text())
+    assert summary["roles"]["tuned:free@none"]["quantization"] == "none"
+    assert summary["roles"]["tuned:free@none"]["metrics"]["json_valid"] == 0.0
+    assert list(summary["gate"]["variants"]) == ["tuned:free"]
+    assert "tuned:free@none" in next((project.path / "reports").glob("*/report.html")).read_text()
+    pyproject = project.path / "pyproject.toml"
+    pyproject.write_text(pyproject.read_text().replace('quantization = ["nf4"]', 'quantization = ["nf4", "none"]'))
+    served = _run(project, *args)  # the gate's numerics are evaluated without being asked for
+    assert served.ret == 1
+    served.stdout.fnmatch_lines(["*gate: FAILED*", "*tuned:free@none: FAILED*"])
+    assert _run(project, "--quantization", "nf8").ret == 4
+
+
 def test_thresholds_come_from_pyproject_and_options(project):
     pyproject = project.path / "pyproject.toml"  # the first json_valid is the thresholds table's
     pyproject.write_text(re.sub(r"(?m)^json_valid = [0-9.]+$", "json_valid = 1.0", pyproject.read_text(), count=1))

@@ -28,7 +28,11 @@ def test_profiles_and_overrides_validate():
 
 def test_study_defaults():
     c = TrainConfig()
-    assert (c.rank, c.alpha, c.dropout, c.batch_size, c.grad_accum, c.eval_steps) == (16, 32, 0.05, 2, 4, 50)
+    assert (c.rank, c.alpha, c.dropout, c.eval_steps) == (16, 32, 0.05, 50)
+    # The study's 2 x 4 on a GPU (a VRAM limit); one micro-batch of 8 on a CPU; an override keeps 8 in all.
+    assert c.micro_batch(on_gpu=True) == (2, 4) and c.micro_batch(on_gpu=False) == (8, 1)
+    assert c.override(batch_size=4).micro_batch(on_gpu=False) == (4, 2)
+    assert c.override(batch_size=2, grad_accum=1).micro_batch(on_gpu=True) == (2, 1)
     assert c.target_modules == ("q_proj", "k_proj", "v_proj", "o_proj") and c.quantization == "nf4"
 
 
@@ -38,6 +42,29 @@ def test_collator_pads_right_and_ignores_padding():
     assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
     assert batch["labels"].tolist() == [[IGNORE, 6, 7], [8, IGNORE, IGNORE]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+
+
+def test_answer_only_logits_give_the_same_loss():
+    """The LM head cut to the answer positions changes the compute, not the loss or its gradient."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=40, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                         num_attention_heads=2, num_key_value_heads=1))
+    rows = [{"input_ids": [5, 6, 7, 8, 9, 10], "labels": [IGNORE, IGNORE, IGNORE, IGNORE, 9, 10]},
+            {"input_ids": [1, 2, 3, 4], "labels": [IGNORE, IGNORE, 3, 4]}]
+    cut = PadCollator(pad_id=0, answer_logits=True)(rows)
+    assert cut["logits_to_keep"] == 5 and cut["labels"].shape == (2, 5)  # from the position before token 3 of row 2
+    losses, grads = [], []
+    for batch in (PadCollator(pad_id=0)(rows), cut):
+        model.zero_grad()
+        loss = model(**batch).loss
+        loss.backward()
+        losses.append(loss.item())
+        grads.append(model.model.layers[0].self_attn.q_proj.weight.grad.clone())
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6)
+    assert torch.allclose(grads[0], grads[1], atol=1e-6)
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +110,10 @@ def test_short_real_training_lowers_the_loss_and_writes_every_output(tmp_path, t
     proc = _sunrise(*_train_args(tiny_data, out, 8, 4))
     output = proc.communicate(timeout=900)[0]
     assert proc.returncode == 0, output[-3000:]
-    assert "final_val_loss" in output and "%" in output  # the summary, after a progress bar
+    assert "final_val_loss" in output  # the summary, after the progress bar
+    # The Trainer's logs reach the user on our bar (loss, validation loss, tokens/s), never as raw dicts.
+    assert "training: 100%" in output and "val loss=" in output and "tokens/s=" in output
+    assert "{'loss'" not in output and "'eval_loss'" not in output and "{'train_runtime'" not in output
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     train_losses = [r["train_loss"] for r in log if "train_loss" in r]
     val_losses = [r["val_loss"] for r in log if "val_loss" in r]
@@ -99,6 +129,7 @@ def test_short_real_training_lowers_the_loss_and_writes_every_output(tmp_path, t
     assert manifest["dataset"]["sha256"] == dataset_hash(tiny_data)
     assert manifest["base_model"]["weights_sha256"] and len(manifest["adapter_sha256"]) == 64
     assert manifest["final_val_loss"] == val_losses[-1] and manifest["versions"]["torch"]
+    assert manifest["matmul_bound_gflops"] > 0 and 0 < manifest["fraction_of_bound"] < 1
     assert (out / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
