@@ -180,6 +180,21 @@ def cmd_serve(args) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- export
+
+
+def cmd_export(args) -> int:
+    from harness.export import export_merged
+
+    t0 = time.perf_counter()
+    record = export_merged(args.adapter, args.out, base=args.base_model, dtype=args.dtype)
+    print(f"merged {record['adapter']['path']} into {record['base_model']['name']} ({args.dtype}) -> {args.out} "
+          f"({time.perf_counter() - t0:.0f} s); load it as --base-model {args.out}")
+    if record["note"]:
+        print(f"note: {record['note']}", file=sys.stderr)
+    return 0
+
+
 # --------------------------------------------------------------------------- main job
 
 
@@ -267,6 +282,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_decoding_option(p)
     add_model_options(p, "LoRA adapter folder (default: the reference adapter; 'none': the base model alone)")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("export", help="an adapter merged into its base: one model folder for vLLM, TGI or "
+                                      "transformers without peft, with sunrise_export.json")
+    p.add_argument("--adapter", required=True, help="LoRA adapter folder")
+    p.add_argument("--out", required=True, help="new folder to write (never overwritten)")
+    p.add_argument("--base-model", default="embedded")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
+                   help="weights of the merged model (default float32)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("main", help="the main job: dataset, quick training, evaluation suite and HTML report")
     p.add_argument("--out", default="runs/main")
