@@ -208,13 +208,20 @@ class Suite:
     def baseline_scenarios(self, variant: str) -> dict | None:
         """The baseline's per-scenario results of the same role and decoding (like with like), its
         recorded outputs scored again by today's checks, so a check added since the baseline was
-        recorded judges both runs alike. A summary written before decoding modes existed keys its
-        free runs by role alone."""
+        recorded judges both runs alike. A summary written before numerics were variants ran every
+        role on its one `options.quantization`, and one written before decoding modes existed keys
+        its free runs by role alone."""
         if not self.baseline:
             return None
         if variant not in self._rescored:
             roles, v = self.baseline.get("roles", {}), self.variants[variant]
-            entry = roles.get(v.name) or (roles.get(v.role) if v.decoding == "free" else None)
+            single = self.baseline.get("options", {}).get("quantization")
+            if single is None:
+                entry = roles.get(v.name)
+            elif single != v.quantization:
+                entry = None
+            else:
+                entry = roles.get(f"{v.role}:{v.decoding}") or (roles.get(v.role) if v.decoding == "free" else None)
             self._rescored[variant] = None if entry is None else {
                 sid: evaluate_output(Case(sid, o["note"], o["expected"], tuple(o.get("tags", ()))), o["output"],
                                      o.get("error")).to_dict()
