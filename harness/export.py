@@ -25,15 +25,15 @@ from harness.models import (
     resolve_base,
 )
 
-DTYPES = ("float32", "bfloat16", "float16")
-
 
 def export_merged(adapter: str | Path, out: str | Path, base: str = "embedded", dtype: str = "float32") -> dict:
     """Write `out`: the base with `adapter` merged in (safetensors), its tokenizer, and
     `sunrise_export.json` (what was merged into what, hashes, the adapter's training numerics).
     Returns that record. `out` must not exist yet; it appears whole or not at all."""
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    # sdpa, the engines' own attention, rather than the harness's batch-invariant float64 attention,
+    # whose name would otherwise be saved into config.json. Built first: it validates the dtype.
+    spec = ModelSpec(base=base, quantization="none", dtype=dtype, adapter=str(adapter), merge_adapter=True,
+                     attn_implementation="sdpa")
     out = Path(out)
     if out.exists():
         raise HarnessError(f"{out} already exists; export writes a new folder and never overwrites one")
@@ -42,10 +42,6 @@ def export_merged(adapter: str | Path, out: str | Path, base: str = "embedded", 
     check_adapter_base(info, resolved)
     trained = _adapter_manifest(info.path)
     trained_on = trained.get("hyperparameters", {}).get("quantization")
-    # sdpa, the engines' own attention, rather than the harness's batch-invariant float64 attention,
-    # whose name would otherwise be saved into config.json.
-    spec = ModelSpec(base=base, quantization="none", dtype=dtype, adapter=str(info.path), merge_adapter=True,
-                     attn_implementation="sdpa")
     tokenizer, model = load_base_model(spec, resolved)
     model = attach_adapter(model, spec, resolved, info)
     tmp = out.with_name(f".{out.name}.{time.time_ns()}.tmp")

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, get_args
 
 from harness.constraint import BatchConstraint, ConstraintStats, ConstraintTokenizer, close_reserve
 from harness.decoding import DECODER, greedy_decode
@@ -31,6 +31,8 @@ EMBEDDED = "embedded"
 ANSWER_BOUND = (3, 16)
 Quantization = Literal["none", "nf4"]
 DType = Literal["float32", "bfloat16", "float16"]
+QUANTIZATIONS: tuple[str, ...] = get_args(Quantization)
+DTYPES: tuple[str, ...] = get_args(DType)
 
 
 @dataclass(frozen=True)
@@ -46,10 +48,10 @@ class ModelSpec:
     device: str | None = None  # None: cuda if available, else cpu
 
     def __post_init__(self):
-        if self.quantization not in ("none", "nf4"):
-            raise ValueError(f"quantization must be 'none' or 'nf4', got {self.quantization!r}")
-        if self.dtype not in ("float32", "bfloat16", "float16"):
-            raise ValueError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
+        if self.quantization not in QUANTIZATIONS:
+            raise ValueError(f"quantization must be one of {', '.join(QUANTIZATIONS)}, got {self.quantization!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.merge_adapter and self.quantization == "nf4":
             raise ValueError("merge_adapter needs unquantised weights; use quantization='none' to merge")
 

@@ -15,7 +15,7 @@ from harness.environment import versions
 from harness.evaluation import Evaluation, Outcome, evaluate_output
 from harness.gate import Comparison, Thresholds, compare, meets
 from harness.grammar import DECODINGS
-from harness.models import Backend, FakeBackend, GenerationSettings, ModelSpec, load_backend
+from harness.models import QUANTIZATIONS, Backend, FakeBackend, GenerationSettings, ModelSpec, load_backend
 from harness.openai_backend import HTTPOptions
 from harness.property_search import SearchResult, search
 from harness.scoring import score_case
@@ -34,7 +34,6 @@ NOT_WORSE_METRICS = ("json_valid", "schema_valid", "resource_type", "no_invented
                      "stated_age", "dose_split", "med_count", "field_f1", "grounded")
 
 
-QUANTIZATIONS = ("nf4", "none")
 # The base numerics a variant's name leaves unsaid: the training numerics of a QLoRA adapter, and
 # what every summary recorded before numerics became a variant of their own.
 DEFAULT_QUANTIZATION = "nf4"
@@ -160,12 +159,12 @@ def gated(options: SuiteOptions) -> list[Variant]:
 def backend_factories(options: SuiteOptions) -> dict[str, Callable[[], Backend]]:
     """A loader per variant; variants of one model (every decoding, and base and prompted) share it."""
     loaded: dict[tuple[str, str], Backend] = {}
+    scripts = json.loads(Path(options.fake_outputs).read_text()) if options.fake_outputs is not None else None
 
     def shared(role: str, quantization: str) -> Backend:
-        if options.fake_outputs is not None:  # a script per role, or per role and numerics ("tuned@none")
+        if scripts is not None:  # a script per role, or per role and numerics ("tuned@none")
             key = (role, quantization)
             if key not in loaded:
-                scripts = json.loads(Path(options.fake_outputs).read_text())
                 loaded[key] = FakeBackend(scripts.get(f"{role}@{quantization}", scripts.get(role, {})), name=role)
             return loaded[key]
         key = (MODEL_OF[role], quantization)
