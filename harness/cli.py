@@ -189,10 +189,18 @@ def cmd_export(args) -> int:
 
     t0 = time.perf_counter()
     record = export_merged(args.adapter, args.out, base=args.base_model, dtype=args.dtype)
-    print(f"merged {record['adapter']['path']} into {record['base_model']['name']} ({args.dtype}) -> {args.out} "
-          f"({time.perf_counter() - t0:.0f} s); load it as --base-model {args.out}")
-    if record["note"]:
-        print(f"note: {record['note']}", file=sys.stderr)
+    print(f"merged {record['adapter']['path']} into {record['base_model']['name']} ({record['merged_into']}, "
+          f"{args.dtype}) -> {args.out} ({time.perf_counter() - t0:.0f} s); load it as --base-model {args.out}")
+    return 0
+
+
+def cmd_prepare_base(args) -> int:
+    from harness.nf4_grid import prepare_base
+
+    t0 = time.perf_counter()
+    record = prepare_base(args.base_model, args.out, dtype=args.dtype)
+    print(f"{record['source']['name']}: {record['snapped_matrices']} weight matrices on the NF4 grid -> {args.out} "
+          f"({time.perf_counter() - t0:.0f} s); train and serve with --base-model {args.out}")
     return 0
 
 
@@ -292,6 +300,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=DTYPES, default="float32",
                    help="weights of the merged model (default float32)")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("prepare-base", help="a base whose weights sit on the NF4 grid: adapters trained or served "
+                                            "on it behave the same under NF4 and full precision")
+    p.add_argument("--out", required=True, help="new folder to write (never overwritten)")
+    p.add_argument("--base-model", default="embedded")
+    p.add_argument("--dtype", choices=DTYPES, default="float32",
+                   help="weights of the folder (default float32; bfloat16 rounds the grid's scales)")
+    p.set_defaults(func=cmd_prepare_base)
 
     p = sub.add_parser("main", help="the main job: dataset, quick training, evaluation suite and HTML report")
     p.add_argument("--out", default="runs/main")

@@ -20,6 +20,7 @@ from harness.embedded import EMBEDDED_NAME, converted_gguf, embedded_gguf
 from harness.errors import AdapterError, InputError, ModelNotFoundError
 from harness.grammar import DECODINGS, GRAMMAR_VERSION, Decoding
 from harness.hashing import folder_weights_sha256, sha256_file, sha256_text
+from harness.nf4_grid import prepared_name
 from harness.numerics import numerics, pin_reproducible_blas, register_attention
 from harness.prompt import PROMPTS, Prompt, render_prompt
 from harness.schema import dumps, empty_summary
@@ -171,6 +172,7 @@ class ResolvedBase:
     name: str  # canonical name, compared with an adapter's base_model_name_or_path
     folder: str  # what from_pretrained loads (a folder or a hub id)
     weights_sha256: str
+    nf4_grid: bool = False  # written by `sunrise prepare-base`: NF4 and full precision are the same model
 
 
 def resolve_base(base: str, cache_dir: Path | None = None) -> ResolvedBase:
@@ -188,7 +190,9 @@ def resolve_base(base: str, cache_dir: Path | None = None) -> ResolvedBase:
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ModelNotFoundError(f"{path} is a folder but has no config.json; is it a Hugging Face model?")
-        return ResolvedBase(path.name, str(path), folder_weights_sha256(path, cache_dir))
+        prepared = prepared_name(path)
+        return ResolvedBase(prepared or path.name, str(path), folder_weights_sha256(path, cache_dir),
+                            nf4_grid=prepared is not None)
     if path.is_absolute() or base.startswith((".", "~")) or base.count("/") > 1:
         raise ModelNotFoundError(f"model folder {path} does not exist")
     return _resolve_hub_id(base, cache_dir)
@@ -367,6 +371,7 @@ class HFBackend:
             "dtype": spec.dtype,
             "merged": spec.merge_adapter,
             "numerics": numerics(self.model, spec.attn_implementation),
+            **({"base_grid": "nf4"} if self.resolved.nf4_grid else {}),
         })
         self.load_seconds = time.perf_counter() - t0
 

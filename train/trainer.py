@@ -249,7 +249,8 @@ def _manifest(config, precision, resolved, data_sha256, n_train, n_val, trainabl
                           f"{config.profile} --data DATA --out OUT, with any hyperparameter below that differs "
                           "from the profile given as an option; the same machine class gives the same "
                           "validation loss within noise"),
-        "base_model": {"name": resolved.name, "weights_sha256": resolved.weights_sha256},
+        "base_model": {"name": resolved.name, "weights_sha256": resolved.weights_sha256,
+                       "nf4_grid": resolved.nf4_grid},  # True: the adapter holds under NF4 and unquantised alike
         "dataset": {"sha256": data_sha256, "train": n_train, "val": n_val,
                     "held_out_concepts": list(HELD_OUT.conditions)},
         "hyperparameters": {**config.to_dict(), "precision_used": precision,

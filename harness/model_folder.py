@@ -1,0 +1,37 @@
+"""Writing a plain model folder (safetensors, tokenizer, a JSON record of how it was made): whole or
+not at all, and never over an existing folder. `sunrise export` and `sunrise prepare-base` write these."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+from harness.environment import versions
+from harness.errors import HarnessError
+from harness.hashing import sha256_file
+
+
+def refuse_existing(out: str | Path, command: str) -> Path:
+    out = Path(out)
+    if out.exists():
+        raise HarnessError(f"{out} already exists; {command} writes a new folder and never overwrites one")
+    return out
+
+
+def write_model_folder(out: Path, model, tokenizer, record_name: str, record: dict) -> dict:
+    """Save `model` and `tokenizer` into `out` with `record` (plus the weights' hashes and the library
+    versions) as `record_name`; returns the full record. Written beside `out` and renamed into place."""
+    tmp = out.with_name(f".{out.name}.{time.time_ns()}.tmp")
+    try:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        tokenizer.save_pretrained(str(tmp))
+        record = {**record, "weights_sha256": {p.name: sha256_file(p) for p in sorted(tmp.glob("*.safetensors"))},
+                  "versions": versions()}
+        (tmp / record_name).write_text(json.dumps(record, indent=2) + "\n")
+        tmp.replace(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return record
