@@ -306,7 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="new folder to write (never overwritten)")
     p.add_argument("--base-model", default="embedded")
     p.add_argument("--dtype", choices=DTYPES, default="float32",
-                   help="weights of the folder (default float32; bfloat16 rounds the grid's scales)")
+                   help="weights of the folder (default float32; bfloat16 rounds the grid values, so NF4 "
+                        "no longer gives them back exactly)")
     p.set_defaults(func=cmd_prepare_base)
 
     p = sub.add_parser("main", help="the main job: dataset, quick training, evaluation suite and HTML report")
