@@ -24,8 +24,8 @@ from collections import Counter, defaultdict
 from difflib import SequenceMatcher
 from pathlib import Path
 
+from harness.grounding import find_text
 from harness.grounding import fold as fold_with_offsets
-from harness.grounding import ground_summary
 from harness.scoring import norm_text, parse_output
 from harness.settings import REFERENCE_BASELINE
 
@@ -64,16 +64,18 @@ def similar(a: str, b: str) -> float:
     return SequenceMatcher(None, fold(a), fold(b)).ratio()
 
 
+def related(a: str, b: str) -> bool:
+    """One value is part of the other, or they share most of their letters."""
+    return fold(a) in fold(b) or fold(b) in fold(a) or similar(a, b) >= 0.5
+
+
 def classify_text(got: str, wanted: list[str], note: str, other_list: list[str]) -> str:
     """One produced value that matches no expected one exactly."""
     if any(similar(got, o) >= NEAR for o in other_list):
         return "leak"
-    in_note = any(g.grounded for g in ground_summary({"patient": {"name": got}}, note))
-    near = max((similar(got, w) for w in wanted), default=0.0)
-    if not in_note:
-        return "copy error" if near >= NEAR else "invented"
-    overlaps = any(fold(got) in fold(w) or fold(w) in fold(got) for w in wanted)
-    return "wrong span" if overlaps or near >= 0.5 else "wrong span (elsewhere)"
+    if find_text(got, note) is None:
+        return "copy error" if any(similar(got, w) >= NEAR for w in wanted) else "invented"
+    return "wrong span" if any(related(got, w) for w in wanted) else "wrong span (elsewhere)"
 
 
 def text_errors(field: str, want: list[str], got: list[str], note: str, other: list[str], out: dict) -> None:
@@ -85,7 +87,7 @@ def text_errors(field: str, want: list[str], got: list[str], note: str, other: l
             remaining.remove(match)
             continue
         out["position"][field][i + 1][1] += 1
-        if not any(similar(g, w) >= 0.5 or fold(g) in fold(w) or fold(w) in fold(g) for g in remaining):
+        if not any(related(g, w) for g in remaining):
             out["kinds"][field]["missing"] += 1
     for g in remaining:
         out["kinds"][field][classify_text(g, want, note, other)] += 1

@@ -58,6 +58,7 @@ def prepare_base(base: str, out: str | Path, dtype: str = "float32") -> dict:
     unquantised weights. `out` must not exist yet; it appears whole or not at all."""
     from harness.models import ModelSpec, load_base_model, resolve_base
 
+    # sdpa, as in export: the harness's float64 attention must not be saved into config.json.
     spec = ModelSpec(base=base, quantization="none", dtype=dtype, attn_implementation="sdpa")
     out = refuse_existing(out, "prepare-base")
     resolved = resolve_base(base)
