@@ -13,26 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
+import os
 import sys
 import time
 from pathlib import Path
-
-
-def _wait(url: str, server: subprocess.Popen) -> None:
-    import httpx
-
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise SystemExit("sunrise serve exited before it was ready")
-        try:
-            if httpx.get(f"{url}/models", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    raise SystemExit("sunrise serve did not start in 300 s")
 
 
 def _timed(backend, notes: list[str]) -> tuple[list, float]:
@@ -48,7 +32,7 @@ def main() -> None:
     from harness.openai_backend import HTTPOptions, OpenAIBackend, ServedModel
     from harness.settings import REFERENCE_ADAPTER
     from scenarios.splits import generate_split
-    from tests.fakes.servers import free_port
+    from tests.fakes.servers import server_process
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--notes", type=int, default=100)
@@ -66,12 +50,9 @@ def main() -> None:
     print(json.dumps(rows[-1]), flush=True)
     del local
 
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "harness.cli", "serve", "--port", str(port), "--decoding",
-                               "free", "--adapter", str(REFERENCE_ADAPTER)], stdout=subprocess.DEVNULL)
-    try:
-        url = f"http://127.0.0.1:{port}/v1"
-        _wait(url, server)
+    serve = [sys.executable, "-m", "harness.cli", "serve", "--port", "{port}", "--decoding", "free",
+             "--adapter", str(REFERENCE_ADAPTER)]
+    with server_process(serve, os.devnull) as url:
         for level in (int(c) for c in args.concurrency.split(",")):
             part = notes[:args.serial_notes] if level == 1 and args.serial_notes else notes
             remote = OpenAIBackend(ServedModel("tuned", url), HTTPOptions(concurrency=level, timeout_s=3600))
@@ -83,9 +64,6 @@ def main() -> None:
                          "differ_from_in_process": sum(g.text != r.text
                                                        for g, r in zip(gens, reference, strict=False))})
             print(json.dumps(rows[-1]), flush=True)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(rows, indent=1))
     print(f"wrote {args.out}")

@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 
 from harness.errors import HarnessError
+from harness.export import FORMATS
+from harness.gguf_export import OUTTYPES
 from harness.models import DTYPES, QUANTIZATIONS
 
 
@@ -185,12 +187,24 @@ def cmd_serve(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from harness.export import export_merged
+    from harness.export import export_gguf, export_gguf_lora, export_merged
 
     t0 = time.perf_counter()
-    record = export_merged(args.adapter, args.out, base=args.base_model, dtype=args.dtype)
-    print(f"merged {record['adapter']['path']} into {record['base_model']['name']} ({record['merged_into']}, "
-          f"{args.dtype}) -> {args.out} ({time.perf_counter() - t0:.0f} s); load it as --base-model {args.out}")
+    if args.format == "safetensors":
+        record = export_merged(args.adapter, args.out, base=args.base_model, dtype=args.dtype or "float32")
+        use = f"load it as --base-model {args.out}"
+    elif args.dtype:
+        raise HarnessError("--dtype sets the safetensors weights; a GGUF's are set by --gguf-type")
+    elif args.format == "gguf":
+        record = export_gguf(args.adapter, args.out, base=args.base_model, outtype=args.gguf_type)
+        use = f"serve it: python -m llama_cpp.server --model {args.out}/model.gguf"
+    else:
+        record = export_gguf_lora(args.adapter, args.out, base=args.base_model, outtype=args.gguf_type)
+        use = (f"serve it: python -m llama_cpp.server --model {args.out}/base.gguf --lora_path "
+               f"{args.out}/adapter.gguf (on another copy of the base it loses what it learned)")
+    weights = record.get("merged_into") or record["base_weights"]
+    print(f"exported {record['adapter']['path']} on {record['base_model']['name']} ({weights}, {record['dtype']}, "
+          f"{args.format}) -> {args.out} ({time.perf_counter() - t0:.0f} s); {use}")
     return 0
 
 
@@ -292,13 +306,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_options(p, "LoRA adapter folder (default: the reference adapter; 'none': the base model alone)")
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("export", help="an adapter merged into its base: one model folder for vLLM, TGI or "
-                                      "transformers without peft, with sunrise_export.json")
+    p = sub.add_parser("export", help="an adapter for other engines, with sunrise_export.json: merged into its base "
+                                      "(a model folder for vLLM, TGI or transformers; one GGUF for llama.cpp "
+                                      "and Ollama) or a GGUF LoRA with its GGUF base")
     p.add_argument("--adapter", required=True, help="LoRA adapter folder")
     p.add_argument("--out", required=True, help="new folder to write (never overwritten)")
     p.add_argument("--base-model", default="embedded")
-    p.add_argument("--dtype", choices=DTYPES, default="float32",
-                   help="weights of the merged model (default float32)")
+    p.add_argument("--format", choices=FORMATS, default="safetensors",
+                   help="safetensors (default): a merged model folder; gguf: the merged model as model.gguf; "
+                        "gguf-lora: adapter.gguf and the base.gguf it belongs on")
+    p.add_argument("--dtype", choices=DTYPES, default=None,
+                   help="weights of the merged safetensors model (default float32)")
+    p.add_argument("--gguf-type", choices=OUTTYPES, default="f16", help="tensor type of the GGUF forms (default f16)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("prepare-base", help="a base whose weights sit on the NF4 grid: adapters trained or served "

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from harness.environment import versions
@@ -20,18 +22,31 @@ def refuse_existing(out: str | Path, command: str) -> Path:
     return out
 
 
-def write_model_folder(out: Path, model, tokenizer, record_name: str, record: dict) -> dict:
-    """Save `model` and `tokenizer` into `out` with `record` (plus the weights' hashes and the library
-    versions) as `record_name`; returns the full record. Written beside `out` and renamed into place."""
+@contextmanager
+def staged_folder(out: Path) -> Iterator[Path]:
+    """A folder beside `out` to write into, renamed to `out` when the block ends and removed if it fails."""
     tmp = out.with_name(f".{out.name}.{time.time_ns()}.tmp")
     try:
-        model.save_pretrained(str(tmp), safe_serialization=True)
-        tokenizer.save_pretrained(str(tmp))
-        record = {**record, "weights_sha256": {p.name: sha256_file(p) for p in sorted(tmp.glob("*.safetensors"))},
-                  "versions": versions()}
-        (tmp / record_name).write_text(json.dumps(record, indent=2) + "\n")
+        tmp.mkdir(parents=True)
+        yield tmp
         tmp.replace(out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def write_record(folder: Path, record_name: str, record: dict) -> dict:
+    """`record` plus the library versions, as `record_name` in `folder`; returns what was written."""
+    record = {**record, "versions": versions()}
+    (folder / record_name).write_text(json.dumps(record, indent=2) + "\n")
     return record
+
+
+def write_model_folder(out: Path, model, tokenizer, record_name: str, record: dict) -> dict:
+    """Save `model` and `tokenizer` into `out` with `record` (plus the weights' hashes and the library
+    versions) as `record_name`; returns the full record."""
+    with staged_folder(out) as tmp:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        tokenizer.save_pretrained(str(tmp))
+        return write_record(tmp, record_name, {
+            **record, "weights_sha256": {p.name: sha256_file(p) for p in sorted(tmp.glob("*.safetensors"))}})

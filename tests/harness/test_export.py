@@ -1,20 +1,24 @@
 """`sunrise export`: an adapter merged into its base, loadable as a plain model folder."""
 
+import importlib.util
 import json
+import os
 import subprocess
 import sys
 
 import pytest
 
 from harness.errors import HarnessError
-from harness.export import export_merged
-from harness.models import GenerationSettings, HFBackend, ModelSpec
+from harness.export import export_gguf, export_gguf_lora, export_merged
+from harness.models import GenerationSettings, HFBackend, ModelSpec, resolve_base
+from harness.nf4_grid import nf4_grid_weights
 from harness.settings import REFERENCE_ADAPTER
 from scenarios import SEED
 
 
-def _sunrise(*args):
-    return subprocess.run([sys.executable, "-m", "harness.cli", *map(str, args)], capture_output=True, text=True)
+def _sunrise(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "harness.cli", *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})})
 
 
 def test_export_refuses_a_folder_that_exists_and_an_adapter_that_is_not_one(tmp_path):
@@ -23,6 +27,88 @@ def test_export_refuses_a_folder_that_exists_and_an_adapter_that_is_not_one(tmp_
     assert taken.returncode == 2 and "already exists" in taken.stderr and "never overwrites" in taken.stderr
     missing = _sunrise("export", "--adapter", tmp_path / "nowhere", "--out", tmp_path / "new")
     assert missing.returncode == 2 and "does not exist" in missing.stderr and not (tmp_path / "new").exists()
+
+
+def test_gguf_export_says_what_it_lacks_before_loading_anything(tmp_path):
+    no_converters = _sunrise("export", "--adapter", REFERENCE_ADAPTER, "--out", tmp_path / "g", "--format", "gguf",
+                             env={"SUNRISE_LLAMA_CPP_DIR": str(tmp_path / "empty")})
+    assert no_converters.returncode == 2 and "converters are not at" in no_converters.stderr
+    assert "scripts/setup.sh" in no_converters.stderr and not (tmp_path / "g").exists()
+    wrong_option = _sunrise("export", "--adapter", REFERENCE_ADAPTER, "--out", tmp_path / "g", "--format", "gguf-lora",
+                            "--dtype", "bfloat16")
+    assert wrong_option.returncode == 2 and "--gguf-type" in wrong_option.stderr and not (tmp_path / "g").exists()
+
+
+def _gguf_tensors(path) -> dict:
+    import gguf
+
+    return {t.name: t.data.astype("float32") for t in gguf.GGUFReader(path).tensors}
+
+
+@pytest.fixture(scope="module")
+def gguf_exports(tmp_path_factory):
+    """The reference adapter as both GGUF forms (about a minute each), shared by the tests below."""
+    tmp_path = tmp_path_factory.mktemp("gguf")
+    return tmp_path, export_gguf(REFERENCE_ADAPTER, tmp_path / "g"), export_gguf_lora(REFERENCE_ADAPTER, tmp_path / "l")
+
+
+@pytest.mark.slow
+def test_gguf_exports_carry_the_adapter_on_the_weights_it_was_trained_on(gguf_exports):
+    """Both GGUF forms hold the NF4 grid, not the shipped Q4_1 weights, which the adapter does not survive:
+    base.gguf is the grid, adapter.gguf is the adapter's own B·A, and model.gguf is the grid plus it."""
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    tmp_path, merged, lora = gguf_exports
+    assert sorted(p.name for p in (tmp_path / "g").iterdir()) == ["model.gguf", "sunrise_export.json"]
+    assert sorted(p.name for p in (tmp_path / "l").iterdir()) == ["adapter.gguf", "base.gguf", "sunrise_export.json"]
+    assert merged["merged_into"] == "nf4 grid" and lora["base_weights"] == "nf4 grid"
+    assert json.loads((tmp_path / "l" / "sunrise_export.json").read_text()) == lora
+    assert lora["adapter"]["manifest"] == json.loads((REFERENCE_ADAPTER / "manifest.json").read_text())
+    assert not list(tmp_path.glob(".*.tmp"))
+
+    model, base = _gguf_tensors(tmp_path / "g" / "model.gguf"), _gguf_tensors(tmp_path / "l" / "base.gguf")
+    adapter = _gguf_tensors(tmp_path / "l" / "adapter.gguf")
+    peft = load_file(REFERENCE_ADAPTER / "adapter_model.safetensors")
+    grid = nf4_grid_weights(ModelSpec(), resolve_base("embedded"))
+    scale = json.loads((REFERENCE_ADAPTER / "adapter_config.json").read_text())
+    scale = scale["lora_alpha"] / scale["r"]
+    for layer, hf, gg in ((0, "v_proj", "attn_v"), (29, "o_proj", "attn_output")):  # not q/k: llama.cpp permutes them
+        name = f"blk.{layer}.{gg}.weight"
+        prefix = f"base_model.model.model.layers.{layer}.self_attn.{hf}"
+        delta = peft[f"{prefix}.lora_B.weight"].astype("float32") @ peft[f"{prefix}.lora_A.weight"].astype("float32")
+        on_grid = grid[f"model.layers.{layer}.self_attn.{hf}.weight"].numpy()
+        np.testing.assert_allclose(base[name], on_grid, atol=2e-3, rtol=1e-3)  # f16 of the grid
+        np.testing.assert_allclose(adapter[f"{name}.lora_b"] @ adapter[f"{name}.lora_a"], delta, atol=1e-4, rtol=1e-2)
+        np.testing.assert_allclose(model[name], on_grid + scale * delta, atol=2e-3, rtol=1e-3)
+    assert not np.allclose(model[name], base[name], atol=1e-3)  # the adapter is in it
+
+
+@pytest.mark.slow
+def test_llama_cpp_serves_the_gguf_lora_and_the_harness_evaluates_it_over_http(gguf_exports):
+    """llama.cpp's own OpenAI-compatible server (llama-cpp-python, built by scripts/setup.sh) with the
+    exported base.gguf and adapter.gguf, evaluated through the HTTP backend like any served model,
+    greedy: every seed note gets the output the adapter gives in process on NF4. (llama-cpp-python's
+    server is greedy only with repeat_penalty 1; its default, 1.1, changed 12 of 20 test notes.)"""
+    from harness.openai_backend import HTTPOptions, OpenAIBackend, ServedModel
+    from tests.fakes.servers import server_process
+
+    if importlib.util.find_spec("llama_cpp") is None:
+        pytest.skip("llama-cpp-python is not installed (scripts/setup.sh builds it; it needs cmake and a C++ compiler)")
+    tmp_path, _, lora = gguf_exports
+    notes = [c.note for c in SEED]
+    serve = [sys.executable, "-m", "llama_cpp.server", "--host", "127.0.0.1", "--port", "{port}",
+             "--model", str(tmp_path / "l" / "base.gguf"), "--lora_path", str(tmp_path / "l" / "adapter.gguf"),
+             "--model_alias", "tuned", "--n_ctx", "4096", "--n_threads", "2"]
+    with server_process(serve, tmp_path / "llama_cpp.log") as url:
+        served = OpenAIBackend(ServedModel("tuned", url, lora["adapter"]["sha256"]),
+                               HTTPOptions(concurrency=1, extra_body={"repeat_penalty": 1}))
+        over_http = served.generate(notes, GenerationSettings(decoding="free"))
+    assert served.identity["served"]["id"] == "tuned" and served.identity["adapter_sha256"] == lora["adapter"]["sha256"]
+    in_process = HFBackend(ModelSpec(quantization="nf4", adapter=str(REFERENCE_ADAPTER))).generate(
+        notes, GenerationSettings(decoding="free"))
+    assert [g.error for g in over_http] == [None] * len(notes)
+    assert [g.text for g in over_http] == [g.text for g in in_process]
 
 
 @pytest.mark.slow

@@ -125,36 +125,18 @@ def test_a_served_adapter_answers_as_it_does_in_process(tmp_path):
     with requests in flight together (so the server batches them its own way), every seed note gets
     exactly the output the same model gives in process: greedy, the same prompt, the same per-note
     bound, and outputs that do not depend on the batch (harness.numerics)."""
-    import subprocess
     import sys
 
     from harness.models import HFBackend, ModelSpec
     from harness.settings import REFERENCE_ADAPTER
-    from tests.fakes.servers import free_port
+    from tests.fakes.servers import server_process
 
-    port = free_port()
-    with (tmp_path / "serve.log").open("w") as log:
-        server = subprocess.Popen([sys.executable, "-m", "harness.cli", "serve", "--port", str(port),
-                                   "--decoding", "free", "--adapter", str(REFERENCE_ADAPTER)],
-                                  stdout=log, stderr=subprocess.STDOUT)
-    try:
-        url = f"http://127.0.0.1:{port}/v1"
-        deadline = time.monotonic() + 300
-        while True:
-            assert server.poll() is None, (tmp_path / "serve.log").read_text()
-            try:
-                if httpx.get(f"{url}/models", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "sunrise serve did not start in 300 s"
-            time.sleep(0.5)
+    serve = [sys.executable, "-m", "harness.cli", "serve", "--port", "{port}", "--decoding", "free",
+             "--adapter", str(REFERENCE_ADAPTER)]
+    with server_process(serve, tmp_path / "serve.log") as url:
         notes = [c.note for c in SEED]
         remote = OpenAIBackend(ServedModel("tuned", url), HTTPOptions(concurrency=len(notes)))
         over_http = remote.generate(notes, GenerationSettings())
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
     local = HFBackend(ModelSpec(quantization="nf4", adapter=str(REFERENCE_ADAPTER)))
     assert remote.identity["served"]["sunrise"]["adapter_sha256"] == local.identity["adapter_sha256"]
     in_process = local.generate(notes, GenerationSettings())

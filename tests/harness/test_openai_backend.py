@@ -59,6 +59,19 @@ def test_constrained_modes_are_sent_as_structured_output_requests(fake):
     assert grounded_request["structured_outputs"] == {"grammar": grammar_for("grounded", NOTES[0])}
 
 
+def test_server_specific_fields_go_with_every_request_and_into_the_identity(fake):
+    """llama-cpp-python's server is not greedy at temperature 0 unless asked (repeat penalty 1.1)."""
+    b = backend(fake, extra_body={"repeat_penalty": 1})
+    b.generate(NOTES[:1], GenerationSettings())
+    b.generate(NOTES[:1], GenerationSettings(decoding="grounded"))
+    free, grounded = fake.requests
+    assert free["repeat_penalty"] == 1 and grounded["repeat_penalty"] == 1 and "structured_outputs" in grounded
+    assert b.identity["request"] == {"temperature": 0, "seed": 0, "repeat_penalty": 1}
+    assert b.identity != backend(fake).identity  # another request, another cache key
+    with pytest.raises(ValueError, match="may not set max_tokens"):
+        HTTPOptions(extra_body={"max_tokens": 10})
+
+
 def test_identity_names_server_and_model_and_stays_stable(fake):
     """/v1/models' `created` and permission ids change per request; they must not change cache keys."""
     first, second = backend(fake).identity, backend(fake).identity

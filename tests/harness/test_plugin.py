@@ -170,6 +170,13 @@ def test_thresholds_come_from_pyproject_and_options(project):
     assert bad.ret == 4 and "NAME=VALUE" in bad.stderr.str()
 
 
+def test_server_specific_request_fields_are_checked_where_they_enter(project):
+    not_an_object = _run(project, "--http-extra-body", "[1]")
+    assert not_an_object.ret == 4 and "a JSON object is needed" in not_an_object.stderr.str()
+    own_field = _run(project, "--http-extra-body", '{"max_tokens": 5}')
+    assert own_field.ret == 4 and "may not set max_tokens" in own_field.stderr.str()
+
+
 def test_unknown_marker_is_an_error(project):
     (project.path / "tests" / "test_marked.py").write_text(
         "import pytest\n@pytest.mark.tunned\ndef test_x():\n    pass\n")
