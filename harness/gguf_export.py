@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -38,8 +37,11 @@ def converters_dir() -> Path:
 
 def install_converters() -> Path:
     """Unpack llama.cpp's converters from the llama-cpp-python sdist (downloaded by pip, no build)
-    into converters_dir(); a no-op when they are there."""
+    into converters_dir(); a no-op when they are there. A folder named by SUNRISE_LLAMA_CPP_DIR is the
+    user's: it is checked, never written."""
     target = converters_dir()
+    if os.environ.get("SUNRISE_LLAMA_CPP_DIR"):
+        return require_converters()
     with contextlib.suppress(HarnessError):
         return require_converters()
     with tempfile.TemporaryDirectory() as tmp:
@@ -50,7 +52,6 @@ def install_converters() -> Path:
             raise HarnessError(f"could not download llama-cpp-python {LLAMA_CPP_PYTHON}'s source: "
                                f"{got.stderr.strip()[-500:]}")
         prefix = f"llama_cpp_python-{LLAMA_CPP_PYTHON}/vendor/llama.cpp/"
-        shutil.rmtree(target, ignore_errors=True)  # a partial copy from an interrupted run
         with tarfile.open(sdists[0]) as tar, staged_folder(target) as staging:
             wanted = [m for m in tar.getmembers()
                       if m.name.startswith(prefix) and m.name[len(prefix):].split("/")[0] in _MEMBERS]
