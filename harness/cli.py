@@ -191,15 +191,17 @@ def cmd_export(args) -> int:
 
     t0 = time.perf_counter()
     if args.format == "safetensors":
+        if args.gguf_type:
+            raise HarnessError("--gguf-type sets a GGUF's tensors; the safetensors weights are set by --dtype")
         record = export_merged(args.adapter, args.out, base=args.base_model, dtype=args.dtype or "float32")
         use = f"load it as --base-model {args.out}"
     elif args.dtype:
         raise HarnessError("--dtype sets the safetensors weights; a GGUF's are set by --gguf-type")
     elif args.format == "gguf":
-        record = export_gguf(args.adapter, args.out, base=args.base_model, outtype=args.gguf_type)
+        record = export_gguf(args.adapter, args.out, base=args.base_model, outtype=args.gguf_type or "f16")
         use = f"serve it: python -m llama_cpp.server --model {args.out}/model.gguf"
     else:
-        record = export_gguf_lora(args.adapter, args.out, base=args.base_model, outtype=args.gguf_type)
+        record = export_gguf_lora(args.adapter, args.out, base=args.base_model, outtype=args.gguf_type or "f16")
         use = (f"serve it: python -m llama_cpp.server --model {args.out}/base.gguf --lora_path "
                f"{args.out}/adapter.gguf (on another copy of the base it loses what it learned)")
     weights = record.get("merged_into") or record["base_weights"]
@@ -317,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "gguf-lora: adapter.gguf and the base.gguf it belongs on")
     p.add_argument("--dtype", choices=DTYPES, default=None,
                    help="weights of the merged safetensors model (default float32)")
-    p.add_argument("--gguf-type", choices=OUTTYPES, default="f16", help="tensor type of the GGUF forms (default f16)")
+    p.add_argument("--gguf-type", choices=OUTTYPES, default=None, help="tensor type of the GGUF forms (default f16)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("prepare-base", help="a base whose weights sit on the NF4 grid: adapters trained or served "

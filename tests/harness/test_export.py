@@ -37,6 +37,8 @@ def test_gguf_export_says_what_it_lacks_before_loading_anything(tmp_path):
     wrong_option = _sunrise("export", "--adapter", REFERENCE_ADAPTER, "--out", tmp_path / "g", "--format", "gguf-lora",
                             "--dtype", "bfloat16")
     assert wrong_option.returncode == 2 and "--gguf-type" in wrong_option.stderr and not (tmp_path / "g").exists()
+    other_way = _sunrise("export", "--adapter", REFERENCE_ADAPTER, "--out", tmp_path / "g", "--gguf-type", "q8_0")
+    assert other_way.returncode == 2 and "--dtype" in other_way.stderr and not (tmp_path / "g").exists()
 
 
 def _gguf_tensors(path) -> dict:
