@@ -35,15 +35,16 @@ fi
 
 # 3. llama.cpp: its GGUF converters, unpacked from llama-cpp-python's source, for `sunrise export --format
 #    gguf|gguf-lora`; and llama-cpp-python with its OpenAI-compatible server, which PyPI has only as source.
-#    The build takes about 9 minutes on 2 cores (without llava, which nothing here uses), once: the wheel
-#    is kept in SUNRISE_WHEELS (default ~/.cache/sunrise-wheels) and a rerun installs it in seconds.
+#    The build takes about 8.5 minutes on 2 cores (504 s measured; without llava, which nothing here
+#    uses), once: the wheel is kept in SUNRISE_WHEELS (default ~/.cache/sunrise-wheels) and a rerun
+#    installs it in seconds.
 .venv/bin/python -c "from harness.gguf_export import install_converters; print('setup: llama.cpp converters at', install_converters())"
 if ! .venv/bin/python -c "import llama_cpp.server" >/dev/null 2>&1; then
   version=$(.venv/bin/python -c "from harness.gguf_export import LLAMA_CPP_PYTHON; print(LLAMA_CPP_PYTHON)")
   wheels="${SUNRISE_WHEELS:-$HOME/.cache/sunrise-wheels}"
   wheel=$(ls "$wheels"/llama_cpp_python-"$version"-*.whl 2>/dev/null | head -1 || true)
   if [ -z "$wheel" ]; then
-    echo "setup: building llama-cpp-python $version from source (about 9 min on 2 cores, once)" >&2
+    echo "setup: building llama-cpp-python $version from source (about 8.5 min on 2 cores, once)" >&2
     start=$SECONDS
     if CMAKE_ARGS="-DLLAVA_BUILD=OFF" .venv/bin/python -m pip wheel -q --no-deps --no-binary llama-cpp-python \
         "llama-cpp-python==$version" -w "$wheels"; then
