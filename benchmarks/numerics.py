@@ -17,15 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-import time
 from pathlib import Path
 
 from harness.environment import versions
+from harness.evaluation import score_split
 from harness.export import export_merged
-from harness.generation import Generator
-from harness.models import GenerationSettings, HFBackend, ModelSpec
+from harness.models import HFBackend, ModelSpec
 from harness.openai_backend import HTTPOptions, OpenAIBackend, ServedModel
-from harness.scoring import aggregate, score_case
 from harness.settings import REFERENCE_ADAPTER
 from scenarios.splits import generate_split
 
@@ -65,16 +63,10 @@ def main() -> None:
                 backend = HFBackend(ModelSpec(base=base, quantization=quantization, adapter=adapter))
                 label = f"{backend.identity['model']}{' (nf4 grid)' if backend.resolved.nf4_grid else ''}"
                 label = f"merged export of {exported}" if exported else f"{label} + {adapter}"
-            t0 = time.perf_counter()
-            results = Generator(backend, GenerationSettings(decoding="free"), cache=None).run([c.note for c in cases])
-            seconds = time.perf_counter() - t0
-            metrics = aggregate([score_case(r.generation.text, c.expected, c.note)
-                                 for r, c in zip(results, cases, strict=True)]).metrics()
-            tokens = sum(r.generation.new_tokens for r in results)
+            run = score_split(backend, cases)
             rows.append({"base": label, "adapter": adapter, "quantization": quantization, "notes": len(cases),
-                         "seconds": round(seconds, 1), "tokens_per_s": round(tokens / seconds, 1),
-                         "errors": sum(bool(r.generation.error) for r in results),
-                         **{m: round(metrics[m], 3) for m in METRICS}})
+                         "seconds": round(run.seconds, 1), "tokens_per_s": round(run.tokens / run.seconds, 1),
+                         "errors": run.errors, **{m: round(run.metrics[m], 3) for m in METRICS}})
             print(f"{label:60} {quantization:6} " + " ".join(f"{m} {rows[-1][m]:.3f}" for m in METRICS)
                   + f"  {rows[-1]['tokens_per_s']} tokens/s, {rows[-1]['errors']} errors", flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

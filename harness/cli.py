@@ -152,7 +152,8 @@ def cmd_train(args) -> int:
     from train.trainer import train
 
     overrides = {k: getattr(args, k) for k in ("learning_rate", "max_steps", "epochs", "batch_size", "grad_accum",
-                                               "eval_steps", "rank", "alpha", "precision", "seed")}
+                                               "eval_steps", "rank", "alpha", "precision", "seed", "check_notes")}
+    overrides["check_numerics"] = args.numerics_check
     overrides.update(quantization=args.quantization, attn_implementation=args.attn_implementation)
     if args.target_modules:
         overrides["target_modules"] = tuple(args.target_modules.split(","))
@@ -289,6 +290,12 @@ def build_parser() -> argparse.ArgumentParser:
     for name, kind in (("learning-rate", float), ("max-steps", int), ("epochs", float), ("batch-size", int),
                        ("grad-accum", int), ("eval-steps", int), ("rank", int), ("alpha", int), ("seed", int)):
         p.add_argument(f"--{name}", type=kind, default=None, help="override the profile's value")
+    p.add_argument("--numerics-check", action=argparse.BooleanOptionalAction, default=None,
+                   help="after training, the adapter on NF4 and unquantised bases alike: validation loss and "
+                        "--check-notes test notes under each, in the manifest (default: on for full, off for quick; "
+                        "off where an unquantised copy of the base does not fit in memory)")
+    p.add_argument("--check-notes", type=_non_negative, default=None,
+                   help="held-out test notes the numerics check generates under each (full: 30; 0: loss only)")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default=None,
                    help="fp32 turns mixed precision off (GPUs without bf16 such as the GTX 1070 Ti)")
     p.add_argument("--target-modules", default=None, help="comma-separated, e.g. q_proj,k_proj,v_proj,o_proj")

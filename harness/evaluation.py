@@ -46,6 +46,27 @@ def evaluate_output(case: Case, output: str | None, error: str | None = None, se
     return Outcome(case, output, error, seconds, cached, stopped, score, run_checks(score))
 
 
+
+@dataclass(frozen=True)
+class SplitScore:
+    """A backend's answers to a list of cases, scored as a whole (no checks, no cache): what the
+    benchmarks and the training's numerics check record."""
+
+    metrics: dict[str, float]
+    tokens: int
+    errors: int
+    seconds: float
+
+
+def score_split(backend: Backend, cases: list[Case],
+                settings: GenerationSettings = GenerationSettings(decoding="free")) -> SplitScore:
+    t0 = time.perf_counter()
+    results = Generator(backend, settings, cache=None).run([c.note for c in cases])
+    seconds = time.perf_counter() - t0
+    scores = [score_case(r.generation.text, c.expected, c.note) for r, c in zip(results, cases, strict=True)]
+    return SplitScore(aggregate(scores).metrics(), sum(r.generation.new_tokens for r in results),
+                      sum(bool(r.generation.error) for r in results), seconds)
+
 @dataclass
 class RoleRun:
     """One model role's results, or why it could not run."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 import statistics
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -201,11 +202,42 @@ def train(config: TrainConfig, out_dir: Path, data_dir: Path | None = None, resu
                              (bound, flops_per_token(model.config)), (batch_size, grad_accum))
         (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         shutil.rmtree(checkpoints, ignore_errors=True)
+        if config.check_numerics and args.world_size == 1:
+            del trainer, model  # the check loads the base twice more; one copy at a time
+            manifest["numerics_check"] = _numerics_check(out_dir, config, val_cases)
+            (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     else:
         manifest = {}
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()  # torchrun/accelerate: leave no process group behind
     return manifest
+
+
+def _numerics_check(out_dir: Path, config: TrainConfig, val_cases) -> dict:
+    """The saved adapter under each base numerics (train/numerics_check.py). The adapter and its
+    manifest are already written: a check that fails is recorded as such and loses nothing."""
+    import gc
+
+    import torch
+
+    from train.numerics_check import check_numerics
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    print(f"numerics check: the adapter on NF4 and unquantised bases (validation loss"
+          f"{f', {config.check_notes} test notes each' if config.check_notes else ''})", file=sys.stderr, flush=True)
+    try:
+        result = check_numerics(out_dir, config.base_model, val_cases, config.check_notes)
+    except Exception as exc:  # e.g. no memory for an unquantised copy of a large base
+        print(f"numerics check failed, recorded in the manifest: {exc}", file=sys.stderr, flush=True)
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    for name, row in result["numerics"].items():
+        print(f"  {name:5} " + ", ".join(f"{k} {v}" for k, v in row.items()), file=sys.stderr, flush=True)
+    if "holds" in result:
+        print(f"  holds within {result['tolerance']}: {result['holds']} (gaps {result['gaps']})",
+              file=sys.stderr, flush=True)
+    return result
 
 
 def _cast_adapter(path: Path, dtype: str) -> None:

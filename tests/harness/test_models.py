@@ -217,8 +217,10 @@ def test_constrained_decoding_of_the_base_alone_unquantised_batched(base_fp32, d
         assert out.error is None and out.stopped and is_valid(obj) and dumps(obj) == out.text
         if decoding == "grounded":
             assert all(g.grounded for g in ground_summary(obj, note)), (note, out.text)
-    alone = [base_fp32.generate([n], GenerationSettings(decoding=decoding))[0].text for n in notes[:4]]
-    assert alone == [o.text for o in outs[:4]]
+    # Two alone: each runs to its bound one token at a time (test_nf4_outputs_do_not_depend_on_the_batch
+    # checks batch invariance in more compositions).
+    alone = [base_fp32.generate([n], GenerationSettings(decoding=decoding))[0].text for n in notes[:2]]
+    assert alone == [o.text for o in outs[:2]]
 
 
 @pytest.mark.slow

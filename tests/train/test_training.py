@@ -24,6 +24,10 @@ def test_profiles_and_overrides_validate():
         TrainConfig(rank=0)
     with pytest.raises(ValueError, match="unknown profile"):
         profile("huge")
+    with pytest.raises(ValueError, match="check_notes"):
+        TrainConfig(check_notes=-1)
+    # The reference recipe ends with the numerics check; the main job's quick profile does not pay for it.
+    assert profile("full").check_numerics and profile("full").check_notes > 0 and not profile("quick").check_numerics
 
 
 def test_study_defaults():
@@ -107,7 +111,7 @@ def _train_args(data, out, steps, eval_steps):
 @pytest.mark.slow
 def test_short_real_training_lowers_the_loss_and_writes_every_output(tmp_path, tiny_data):
     out = tmp_path / "run"
-    proc = _sunrise(*_train_args(tiny_data, out, 8, 4))
+    proc = _sunrise(*_train_args(tiny_data, out, 8, 4), "--numerics-check")
     output = proc.communicate(timeout=900)[0]
     assert proc.returncode == 0, output[-3000:]
     assert "final_val_loss" in output  # the summary, after the progress bar
@@ -131,6 +135,11 @@ def test_short_real_training_lowers_the_loss_and_writes_every_output(tmp_path, t
     assert manifest["final_val_loss"] == val_losses[-1] and manifest["versions"]["torch"]
     assert manifest["matmul_bound_gflops"] > 0 and 0 < manifest["fraction_of_bound"] < 1
     assert (out / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The saved adapter, loaded as the harness serves it, on both bases: validation loss only (no --check-notes).
+    check = manifest["numerics_check"]
+    assert set(check["numerics"]) == {"nf4", "none"} and check["test_notes"] == 0 and "holds" not in check
+    assert all(0 < row["val_loss"] < 10 for row in check["numerics"].values())
+    assert "numerics check:" in output
 
 
 @pytest.mark.slow
