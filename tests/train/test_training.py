@@ -40,6 +40,15 @@ def test_study_defaults():
     assert c.target_modules == ("q_proj", "k_proj", "v_proj", "o_proj") and c.quantization == "nf4"
 
 
+def test_a_failed_numerics_check_is_recorded_not_raised(tmp_path, capsys):
+    """The check runs after the adapter and its manifest are written; its failure must not lose them."""
+    from train.trainer import _numerics_check
+
+    result = _numerics_check(tmp_path / "no-adapter-here", TrainConfig(check_numerics=True), val_cases=[])
+    assert set(result) == {"error"} and "no-adapter-here" in result["error"]
+    assert "numerics check failed, recorded in the manifest" in capsys.readouterr().err
+
+
 def test_collator_pads_right_and_ignores_padding():
     batch = PadCollator(pad_id=0)([{"input_ids": [5, 6, 7], "labels": [IGNORE, 6, 7]},
                                    {"input_ids": [8], "labels": [8]}])
