@@ -152,8 +152,8 @@ def cmd_train(args) -> int:
     from train.trainer import train
 
     overrides = {k: getattr(args, k) for k in ("learning_rate", "max_steps", "epochs", "batch_size", "grad_accum",
-                                               "eval_steps", "rank", "alpha", "precision", "seed", "check_notes")}
-    overrides["check_numerics"] = args.numerics_check
+                                               "eval_steps", "rank", "alpha", "precision", "seed", "check_numerics",
+                                               "check_notes")}
     overrides.update(quantization=args.quantization, attn_implementation=args.attn_implementation)
     if args.target_modules:
         overrides["target_modules"] = tuple(args.target_modules.split(","))
@@ -290,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, kind in (("learning-rate", float), ("max-steps", int), ("epochs", float), ("batch-size", int),
                        ("grad-accum", int), ("eval-steps", int), ("rank", int), ("alpha", int), ("seed", int)):
         p.add_argument(f"--{name}", type=kind, default=None, help="override the profile's value")
-    p.add_argument("--numerics-check", action=argparse.BooleanOptionalAction, default=None,
+    p.add_argument("--numerics-check", dest="check_numerics", action=argparse.BooleanOptionalAction, default=None,
                    help="after training, the adapter on NF4 and unquantised bases alike: validation loss and "
                         "--check-notes test notes under each, in the manifest (default: on for full, off for quick; "
                         "off where an unquantised copy of the base does not fit in memory)")

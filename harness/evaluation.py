@@ -46,7 +46,6 @@ def evaluate_output(case: Case, output: str | None, error: str | None = None, se
     return Outcome(case, output, error, seconds, cached, stopped, score, run_checks(score))
 
 
-
 @dataclass(frozen=True)
 class SplitScore:
     """A backend's answers to a list of cases, scored as a whole (no checks, no cache): what the
@@ -66,6 +65,7 @@ def score_split(backend: Backend, cases: list[Case],
     scores = [score_case(r.generation.text, c.expected, c.note) for r, c in zip(results, cases, strict=True)]
     return SplitScore(aggregate(scores).metrics(), sum(r.generation.new_tokens for r in results),
                       sum(bool(r.generation.error) for r in results), seconds)
+
 
 @dataclass
 class RoleRun:

@@ -47,7 +47,8 @@ def check_numerics(adapter_dir: Path, base_model: str, val_cases: list[Case], no
 
 
 def validation_loss(backend, cases: list[Case], batch_size: int = 8) -> float:
-    """Mean cross-entropy per answer token over `cases`, the prompt masked out as in training."""
+    """Mean cross-entropy per answer token over `cases`, the prompt masked out: the model's own loss
+    on training's encoding and collation, weighted by each batch's answer tokens."""
     import torch
 
     from harness.schema import dumps
@@ -57,14 +58,10 @@ def validation_loss(backend, cases: list[Case], batch_size: int = 8) -> float:
     total, count = 0.0, 0
     with torch.inference_mode():
         for start in range(0, len(cases), batch_size):
-            rows = [encode_example(backend.tokenizer, c.note, dumps(c.expected))
-                    for c in cases[start:start + batch_size]]
-            batch = collate(rows)
-            logits = backend.model(input_ids=batch["input_ids"].to(backend.model.device),
-                                   attention_mask=batch["attention_mask"].to(backend.model.device),
-                                   logits_to_keep=batch["logits_to_keep"]).logits
-            labels = batch["labels"][:, 1:].to(logits.device)
-            total += torch.nn.functional.cross_entropy(logits[:, :-1].float().flatten(0, 1), labels.flatten(),
-                                                       ignore_index=IGNORE, reduction="sum").item()
-            count += int((labels != IGNORE).sum())
+            batch = collate([encode_example(backend.tokenizer, c.note, dumps(c.expected))
+                             for c in cases[start:start + batch_size]])
+            tokens = int((batch["labels"][:, 1:] != IGNORE).sum())  # the loss shifts labels by one
+            loss = backend.model(**{k: v.to(backend.model.device) if torch.is_tensor(v) else v
+                                    for k, v in batch.items()}).loss
+            total, count = total + loss.item() * tokens, count + tokens
     return total / count
