@@ -7,6 +7,8 @@ from typing import Literal
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 EFFECTIVE_BATCH = 8  # the study's 2 x 4
+ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")  # the study's recipe: all attention linears
+MLP = ("gate_proj", "up_proj", "down_proj")  # Llama/Qwen-family names
 
 
 @dataclass(frozen=True)
@@ -19,7 +21,7 @@ class TrainConfig:
     rank: int = 16  # LoRA r: enough capacity for schema syntax without wasting memory
     alpha: int = 32  # 2 x rank, so the adapter's updates are strong enough against frozen weights
     dropout: float = 0.05  # against overfitting 500 synthetic records
-    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")  # all attention linears
+    target_modules: tuple[str, ...] = ATTENTION
     # Per device; None: 8 x 1 on a CPU, the study's 2 x 4 on a GPU (a VRAM limit there; on a CPU one
     # micro-batch of 8 is 7 % faster at the same loss, benchmarks/training.py). grad_accum None keeps
     # the effective batch (batch_size x grad_accum x devices) at 8.
@@ -82,8 +84,11 @@ class TrainConfig:
 
 
 PROFILES: dict[str, TrainConfig] = {
-    # A few minutes on 2 CPU cores: enough to beat the base model clearly.
-    "quick": TrainConfig(profile="quick", learning_rate=1e-3, max_steps=24, eval_steps=12, warmup_steps=3),
+    # A few minutes on 2 CPU cores: enough to beat the base model clearly. LoRA on the MLP linears too:
+    # nearly free per step (the backward pass runs through every MLP anyway), and after the same 24 steps
+    # validation loss 0.224 against 0.317, schema valid 0.77 against 0.00 on 30 test notes (README).
+    "quick": TrainConfig(profile="quick", learning_rate=1e-3, max_steps=24, eval_steps=12, warmup_steps=3,
+                         target_modules=ATTENTION + MLP),
     # The reference adapter's recipe.
     "full": TrainConfig(profile="full", learning_rate=1e-3, epochs=3.0, eval_steps=25, warmup_steps=5,
                         check_numerics=True, check_notes=30),

@@ -10,7 +10,7 @@ import pytest
 
 from harness.models import resolve_base
 from scenarios.splits import SplitSizes
-from train.config import PROFILES, TrainConfig, profile
+from train.config import ATTENTION, MLP, PROFILES, TrainConfig, profile
 from train.dataset import dataset_hash, write_dataset
 from train.trainer import IGNORE, PadCollator, encode_example
 
@@ -28,6 +28,8 @@ def test_profiles_and_overrides_validate():
         TrainConfig(check_notes=-1)
     # The reference recipe ends with the numerics check; the main job's quick profile does not pay for it.
     assert profile("full").check_numerics and profile("full").check_notes > 0 and not profile("quick").check_numerics
+    # The reference recipe keeps the study's attention-only LoRA; the quick one adds the MLP linears.
+    assert profile("full").target_modules == ATTENTION and profile("quick").target_modules == ATTENTION + MLP
 
 
 def test_study_defaults():
