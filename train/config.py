@@ -23,8 +23,9 @@ class TrainConfig:
     dropout: float = 0.05  # against overfitting 500 synthetic records
     target_modules: tuple[str, ...] = ATTENTION
     # Per device; None: 8 x 1 on a CPU, the study's 2 x 4 on a GPU (a VRAM limit there; on a CPU one
-    # micro-batch of 8 is 7 % faster at the same loss, benchmarks/training.py). grad_accum None keeps
-    # the effective batch (batch_size x grad_accum x devices) at 8.
+    # micro-batch of 8 is 7 % faster at the same loss, benchmarks/training.py). grad_accum None makes
+    # batch_size x grad_accum 8 in each process; under torchrun the effective batch is that times the
+    # processes, so a multi-process run that wants 8 sets both.
     batch_size: int | None = None
     grad_accum: int | None = None
     learning_rate: float = 2e-4
