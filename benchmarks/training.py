@@ -2,11 +2,14 @@
 
 Measures, in one run on one machine: the bound itself (fp32 and bf16 GEMM, GFLOP/s), then a short run
 of the full profile per lever, each in its own process (MKL reads its settings once per process), with
-its non-padding tokens/s, median optimizer-step time, the fraction of the fp32 bound, and the losses
-at the end. The levers are cumulative: each adds one change to the row above it. Prints a table and
-writes JSON.
+its non-padding tokens/s, median optimizer-step time, the fraction of the bound in the precision it
+computed in (bf16 where the CPU has bf16 units, see TrainConfig.precision), and the losses
+at the end. The levers are cumulative: each adds one change to the row above it, except where LEVERS
+says otherwise. A data-parallel lever runs under torchrun. Prints a table and writes JSON.
+A shared or throttled machine's speed drifts by 10-20 % over minutes: --rounds runs the levers again,
+interleaved, and reports each lever's median.
 
-    .venv/bin/python benchmarks/training.py --steps 4 --out reports/benchmark-training.json
+    .venv/bin/python benchmarks/training.py --steps 4 --rounds 3 --out reports/benchmark-training.json
 
 Model FLOPs per token are counted as train.throughput.flops_per_token says (4 x the matmul weights a
 token passes through), the same for every lever.
@@ -22,22 +25,41 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 STUDY = {"batch_size": 2, "grad_accum": 4}  # the study's micro-batch (a VRAM limit), the CPU default before
-# name: (TrainConfig overrides of the full profile, environment). Cumulative, top to bottom.
-LEVERS: dict[str, tuple[dict, dict]] = {
+
+
+@dataclass(frozen=True)
+class Lever:
+    overrides: dict  # TrainConfig overrides of the full profile
+    env: dict = field(default_factory=dict)
+    processes: int = 1  # > 1: data parallel under torchrun (gloo on a CPU)
+
+
+# Cumulative, top to bottom, except where a comment says otherwise.
+TORCH_DROPOUT = {"bits_dropout": False}  # torch's own dropout, the default before bits-dropout
+LEVERS: dict[str, Lever] = {
     # The committed reference recipe as the harness ran it before: MKL pinned to strict mode on import.
-    "today": ({"answer_logits": False, **STUDY}, {"MKL_CBWR": "AVX2,STRICT"}),
-    "mkl-auto": ({"answer_logits": False, **STUDY}, {}),  # training no longer pins MKL (harness.numerics)
-    "answer-logits": (STUDY, {}),  # the LM head on answer positions only (now the default)
-    "batch8": ({}, {}),  # one micro-batch of 8 (now the CPU default)
-    "unquantised": ({"quantization": "none"}, {}),  # plain LoRA on the full-precision base
-    "bf16": ({"quantization": "none", "precision": "bf16"}, {}),  # autocast, even without bf16 units
+    "today": Lever({"answer_logits": False, **STUDY, **TORCH_DROPOUT}, {"MKL_CBWR": "AVX2,STRICT"}),
+    # Training no longer pins MKL (harness.numerics).
+    "mkl-auto": Lever({"answer_logits": False, **STUDY, **TORCH_DROPOUT}),
+    "answer-logits": Lever({**STUDY, **TORCH_DROPOUT}),  # the LM head on answer positions only (now the default)
+    "batch8": Lever(TORCH_DROPOUT),  # one micro-batch of 8 (now the CPU default)
+    "bits-dropout": Lever({}),  # LoRA dropout masks from random bits (train/dropout.py; now the CPU default)
+    # The rows below each change one thing in bits-dropout.
+    # fp32 even where precision auto picks bf16 (a CPU with bf16 units), to see which is faster.
+    "fp32": Lever({"precision": "fp32"}),
+    # Two processes of one thread each (torchrun, gloo), 4 records each (the same effective batch of 8):
+    # the cores split across records instead of inside each operation.
+    "ddp-2x1": Lever({}, {"OMP_NUM_THREADS": "1"}, processes=2),
+    "unquantised": Lever({"quantization": "none"}),  # plain LoRA on the full-precision base
+    "bf16": Lever({"quantization": "none", "precision": "bf16"}),  # and bf16 autocast, even without bf16 units
 }
 
 
-def run_lever(name: str, data: Path, steps: int) -> dict:
+def run_lever(name: str, data: Path, steps: int) -> dict | None:
     """One lever's short training run, in this process: called through `--one` by `main`."""
     from transformers import TrainerCallback
 
@@ -53,29 +75,52 @@ def run_lever(name: str, data: Path, steps: int) -> dict:
         def on_step_end(self, args, state, control, **kwargs):
             self.seconds.append(time.perf_counter() - self._t0)
 
-    overrides, _ = LEVERS[name]
-    config = profile("full").override(max_steps=steps, eval_steps=10**6, **overrides)
+    # No numerics check: it evaluates the saved adapter after training, which is not training throughput.
+    config = profile("full").override(max_steps=steps, eval_steps=10**6, check_numerics=False,
+                                      **LEVERS[name].overrides)
     clock = StepClock()
     with tempfile.TemporaryDirectory() as out:
         manifest = train(config, Path(out), data_dir=data, resume=False, callbacks=(clock,))
+    if not manifest:  # a data-parallel process other than the first: the first one reports
+        return None
     step = statistics.median(clock.seconds[1:])  # the first step pays for warm-up
     return {"precision": manifest["hyperparameters"]["precision_used"],
-            "micro_batch": "{} x {}".format(*manifest["hyperparameters"]["micro_batch_used"]),
+            "micro_batch": "{} x {}".format(*manifest["hyperparameters"]["micro_batch_used"])
+                           + (f" x {manifest['hyperparameters']['processes']} processes"
+                              if manifest["hyperparameters"]["processes"] > 1 else ""),
             "median_step_s": round(step, 2),
             "tokens_per_s": round(manifest["tokens_seen"] / manifest["steps"] / step, 1),
             "final_train_loss": manifest["final_train_loss"], "final_val_loss": manifest["final_val_loss"]}
 
 
+def _run_child(name: str, data: Path, steps: int) -> dict:
+    """One lever in its own process (or processes, under torchrun)."""
+    lever = LEVERS[name]
+    env = {k: v for k, v in os.environ.items() if k != "MKL_CBWR"} | lever.env
+    launch = ([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(lever.processes)]
+              if lever.processes > 1 else [sys.executable])
+    proc = subprocess.run([*launch, __file__, "--one", name, "--data", str(data), "--steps", str(steps)],
+                          env=env, capture_output=True, text=True)
+    result = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode or not result:
+        sys.exit(f"lever {name} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(result[0][len("RESULT "):])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=4, help="optimizer steps per lever (8 records each)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run every lever this many times, interleaved, and report the medians")
     parser.add_argument("--levers", default=",".join(LEVERS), help=f"comma-separated, of {', '.join(LEVERS)}")
     parser.add_argument("--out", default="reports/benchmark-training.json")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # child mode: one lever, JSON out
     parser.add_argument("--data", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print("RESULT " + json.dumps(run_lever(args.one, Path(args.data), args.steps)))
+        result = run_lever(args.one, Path(args.data), args.steps)
+        if result:
+            print("RESULT " + json.dumps(result))
         return
     chosen = [name.strip() for name in args.levers.split(",")]
     unknown = [name for name in chosen if name not in LEVERS]
@@ -95,27 +140,33 @@ def main() -> None:
     print(f"matmul bound: fp32 {bound['float32']} GFLOP/s, bf16 {bound['bfloat16']} GFLOP/s "
           f"(MKL_CBWR={os.environ.get('MKL_CBWR', 'unset')}); model FLOPs per token {per_token / 1e6:.0f} M",
           flush=True)
-    rows = []
+    runs: dict[str, list[dict]] = {name: [] for name in chosen}
     with tempfile.TemporaryDirectory() as tmp:
         write_dataset(Path(tmp), SplitSizes(train=450, val=8, test=0), seed=0)
-        for name in chosen:
-            env = {k: v for k, v in os.environ.items() if k != "MKL_CBWR"} | LEVERS[name][1]
-            proc = subprocess.run([sys.executable, __file__, "--one", name, "--data", tmp, "--steps", str(args.steps)],
-                                  env=env, capture_output=True, text=True)
-            result = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-            if proc.returncode or not result:
-                sys.exit(f"lever {name} failed:\n{proc.stderr[-3000:]}")
-            r = {"lever": name, "overrides": LEVERS[name][0], "env": LEVERS[name][1],
-                 **json.loads(result[0][len("RESULT "):])}
-            r["fraction_of_fp32_bound"] = round(r["tokens_per_s"] * per_token / 1e9 / bound["float32"], 3)
-            r["vs_today"] = round(r["tokens_per_s"] / (rows[0] if rows else r)["tokens_per_s"], 2)
-            rows.append(r)
-            print(f"{name:14} {r['precision']:5} {r['micro_batch']:6} step {r['median_step_s']:6.2f} s "
-                  f"{r['tokens_per_s']:6.1f} tokens/s {r['fraction_of_fp32_bound']:6.1%} of fp32 bound "
-                  f"x{r['vs_today']:.2f}  loss {r['final_train_loss']:.4f} val {r['final_val_loss']:.4f}", flush=True)
+        for round_ in range(args.rounds):  # interleaved, so a slow spell of the machine hits every lever
+            for name in chosen:
+                runs[name].append(_run_child(name, Path(tmp), args.steps))
+                print(f"round {round_ + 1}/{args.rounds} {name}: {runs[name][-1]['tokens_per_s']} tokens/s",
+                      flush=True)
+    rows = []
+    for name in chosen:
+        lever, each = LEVERS[name], runs[name]
+        r = {"lever": name, "overrides": lever.overrides, "env": lever.env, "processes": lever.processes,
+             **each[0],  # the losses are the same every round
+             "median_step_s": round(statistics.median(x["median_step_s"] for x in each), 2),
+             "tokens_per_s": round(statistics.median(x["tokens_per_s"] for x in each), 1),
+             "tokens_per_s_each_round": [x["tokens_per_s"] for x in each]}
+        r["bound_gflops"] = bound["bfloat16" if r["precision"] == "bf16" else "float32"]
+        r["fraction_of_bound"] = round(r["tokens_per_s"] * per_token / 1e9 / r["bound_gflops"], 3)
+        r["vs_today"] = round(r["tokens_per_s"] / (rows[0] if rows else r)["tokens_per_s"], 2)
+        rows.append(r)
+        print(f"{name:14} {r['precision']:5} {r['micro_batch']:6} step {r['median_step_s']:6.2f} s "
+              f"{r['tokens_per_s']:6.1f} tokens/s {r['fraction_of_bound']:6.1%} of the {r['precision']} bound "
+              f"x{r['vs_today']:.2f}  loss {r['final_train_loss']:.4f} val {r['final_val_loss']:.4f}", flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"bound_gflops": bound, "model_flops_per_token": per_token,
-                                          "steps": args.steps, "levers": rows, "versions": versions()},
+                                          "steps": args.steps, "rounds": args.rounds, "levers": rows,
+                                          "versions": versions()},
                                          indent=2) + "\n")
     print(f"wrote {args.out}")
 

@@ -22,10 +22,10 @@ class TrainConfig:
     alpha: int = 32  # 2 x rank, so the adapter's updates are strong enough against frozen weights
     dropout: float = 0.05  # against overfitting 500 synthetic records
     target_modules: tuple[str, ...] = ATTENTION
-    # Per device; None: 8 x 1 on a CPU, the study's 2 x 4 on a GPU (a VRAM limit there; on a CPU one
-    # micro-batch of 8 is 7 % faster at the same loss, benchmarks/training.py). grad_accum None makes
-    # batch_size x grad_accum 8 in each process; under torchrun the effective batch is that times the
-    # processes, so a multi-process run that wants 8 sets both.
+    # Per process; None: the effective batch of 8 (EFFECTIVE_BATCH) split across processes: one micro-batch
+    # of 8 on a CPU (two processes under torchrun: 4 each), the study's 2 x 4 on a GPU (a VRAM limit there;
+    # on a CPU one micro-batch of 8 is 7 % faster at the same loss, benchmarks/training.py). Set either
+    # and the other still fills the effective batch of 8 where it divides.
     batch_size: int | None = None
     grad_accum: int | None = None
     learning_rate: float = 2e-4
@@ -36,6 +36,8 @@ class TrainConfig:
     precision: Precision = "auto"  # auto: bf16 where the GPU or CPU has bf16 units, else fp32 (GTX 10xx)
     attn_implementation: str | None = None  # "eager" for old GPUs
     answer_logits: bool = True  # LM head on answer positions only: same loss, less compute (benchmarks/training.py)
+    # LoRA dropout masks from random bits on a CPU: the same dropout, a cheaper mask (train/dropout.py)
+    bits_dropout: bool = True
     gradient_checkpointing: bool = False  # saves GPU memory on large bases, costs ~30% speed
     adapter_dtype: Literal["float16", "float32"] = "float16"  # saved weights: float16 halves the file
     # After training, the saved adapter on NF4 and unquantised bases alike, its figures recorded in the
@@ -65,10 +67,10 @@ class TrainConfig:
         if not self.target_modules:
             raise ValueError("target_modules must name at least one module")
 
-    def micro_batch(self, on_gpu: bool) -> tuple[int, int]:
-        """(batch_size, grad_accum) this run uses."""
-        batch = self.batch_size or (2 if on_gpu else EFFECTIVE_BATCH)
-        return batch, self.grad_accum or max(1, EFFECTIVE_BATCH // batch)
+    def micro_batch(self, on_gpu: bool, processes: int = 1) -> tuple[int, int]:
+        """(batch_size, grad_accum) each of `processes` data-parallel processes uses."""
+        batch = self.batch_size or (2 if on_gpu else max(1, EFFECTIVE_BATCH // processes))
+        return batch, self.grad_accum or max(1, EFFECTIVE_BATCH // (batch * processes))
 
     def to_dict(self) -> dict:
         out = asdict(self)

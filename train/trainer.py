@@ -8,6 +8,7 @@ not eat the compute, and checkpoints every evaluation interval make a run resuma
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import statistics
 import sys
@@ -137,6 +138,11 @@ def train(config: TrainConfig, out_dir: Path, data_dir: Path | None = None, resu
     lora = LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout,
                       target_modules=list(config.target_modules), task_type="CAUSAL_LM")
     model = get_peft_model(model, lora)
+    bits_dropout = config.bits_dropout and not torch.cuda.is_available()  # a GPU's own dropout is cheap
+    if bits_dropout:
+        from train.dropout import use_bits_dropout
+
+        use_bits_dropout(model)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
     def encode(cases):
@@ -146,7 +152,8 @@ def train(config: TrainConfig, out_dir: Path, data_dir: Path | None = None, resu
 
     train_ds, val_ds = encode(train_cases), encode(val_cases)
     checkpoints = out_dir / "checkpoints"
-    batch_size, grad_accum = config.micro_batch(on_gpu=torch.cuda.is_available())
+    processes = int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun and accelerate
+    batch_size, grad_accum = config.micro_batch(on_gpu=torch.cuda.is_available(), processes=processes)
     args = TrainingArguments(
         output_dir=str(checkpoints),
         per_device_train_batch_size=batch_size,
@@ -173,6 +180,7 @@ def train(config: TrainConfig, out_dir: Path, data_dir: Path | None = None, resu
         report_to="none",
         dataloader_num_workers=0,
         remove_unused_columns=False,
+        ddp_find_unused_parameters=False,  # every LoRA weight is used each step; DDP warns that True costs a pass
         use_cpu=not torch.cuda.is_available(),
     )
     log_path = out_dir / "train_log.jsonl"
@@ -199,7 +207,8 @@ def train(config: TrainConfig, out_dir: Path, data_dir: Path | None = None, resu
         bound = matmul_bound(compute_dtype)
         manifest = _manifest(config, precision, resolved, data_sha256, len(train_ds), len(val_ds), trainable,
                              history, wall, out_dir, trainer.state.num_input_tokens_seen,
-                             (bound, flops_per_token(model.config)), (batch_size, grad_accum))
+                             (bound, flops_per_token(model.config)), (batch_size, grad_accum), processes)
+        manifest["hyperparameters"]["bits_dropout_used"] = bits_dropout
         (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         shutil.rmtree(checkpoints, ignore_errors=True)
         if config.check_numerics and args.world_size == 1:
@@ -270,7 +279,7 @@ def _last_checkpoint(folder: Path) -> Path | None:
 
 
 def _manifest(config, precision, resolved, data_sha256, n_train, n_val, trainable, history, wall, out_dir,
-              tokens_seen, compute, micro_batch) -> dict:
+              tokens_seen, compute, micro_batch, processes) -> dict:
     train_losses = [h["train_loss"] for h in history if h.get("train_loss") is not None]
     val_losses = [h["val_loss"] for h in history if h.get("val_loss") is not None]
     rates = [h["tokens_per_second"] for h in history if h.get("tokens_per_second")]
@@ -286,7 +295,8 @@ def _manifest(config, precision, resolved, data_sha256, n_train, n_val, trainabl
         "dataset": {"sha256": data_sha256, "train": n_train, "val": n_val,
                     "held_out_concepts": list(HELD_OUT.conditions)},
         "hyperparameters": {**config.to_dict(), "precision_used": precision,
-                            "micro_batch_used": list(micro_batch)},
+                            # per process; the effective batch is their product times the processes
+                            "micro_batch_used": list(micro_batch), "processes": processes},
         "trainable_parameters": trainable,
         "versions": versions(),
         "wall_seconds": round(wall, 1),

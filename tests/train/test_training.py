@@ -39,6 +39,9 @@ def test_study_defaults():
     assert c.micro_batch(on_gpu=True) == (2, 4) and c.micro_batch(on_gpu=False) == (8, 1)
     assert c.override(batch_size=4).micro_batch(on_gpu=False) == (4, 2)
     assert c.override(batch_size=2, grad_accum=1).micro_batch(on_gpu=True) == (2, 1)
+    # Data parallel keeps the effective batch of 8: two CPU processes of 4, two GPUs of 2 x 2.
+    assert c.micro_batch(on_gpu=False, processes=2) == (4, 1) and c.micro_batch(on_gpu=True, processes=2) == (2, 2)
+    assert c.override(batch_size=8).micro_batch(on_gpu=False, processes=2) == (8, 1)  # an explicit size stays
     assert c.target_modules == ("q_proj", "k_proj", "v_proj", "o_proj") and c.quantization == "nf4"
 
 
@@ -141,6 +144,7 @@ def test_short_real_training_lowers_the_loss_and_writes_every_output(tmp_path, t
     assert config["base_model_name_or_path"] == "SmolLM2-135M-Instruct" and config["r"] == 16
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["hyperparameters"]["rank"] == 16 and manifest["dataset"]["train"] == 16
+    assert manifest["hyperparameters"]["processes"] == 1  # with micro_batch_used, the effective batch
     assert manifest["dataset"]["sha256"] == dataset_hash(tiny_data)
     assert manifest["base_model"]["weights_sha256"] and len(manifest["adapter_sha256"]) == 64
     assert manifest["final_val_loss"] == val_losses[-1] and manifest["versions"]["torch"]
