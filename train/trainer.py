@@ -205,13 +205,16 @@ def train(config: TrainConfig, out_dir: Path, data_dir: Path | None = None, resu
         history = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
         write_png(loss_curve_png(history, held_out=HELD_OUT.conditions[:4]), out_dir / "loss_curve.png")
         bound = matmul_bound(compute_dtype)
-        manifest = _manifest(config, precision, resolved, data_sha256, len(train_ds), len(val_ds), trainable,
+        # What this run resolved its settings to on this machine; micro_batch_used is per process, so the
+        # effective batch is its product times the processes.
+        used = {"precision_used": precision, "micro_batch_used": [batch_size, grad_accum], "processes": processes,
+                "bits_dropout_used": bits_dropout}
+        manifest = _manifest(config, used, resolved, data_sha256, len(train_ds), len(val_ds), trainable,
                              history, wall, out_dir, trainer.state.num_input_tokens_seen,
-                             (bound, flops_per_token(model.config)), (batch_size, grad_accum), processes)
-        manifest["hyperparameters"]["bits_dropout_used"] = bits_dropout
+                             (bound, flops_per_token(model.config)))
         (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         shutil.rmtree(checkpoints, ignore_errors=True)
-        if config.check_numerics and args.world_size == 1:
+        if config.check_numerics and processes == 1:
             del trainer, model  # the check loads the base twice more; one copy at a time
             manifest["numerics_check"] = _numerics_check(out_dir, config, val_cases)
             (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
@@ -278,8 +281,8 @@ def _last_checkpoint(folder: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def _manifest(config, precision, resolved, data_sha256, n_train, n_val, trainable, history, wall, out_dir,
-              tokens_seen, compute, micro_batch, processes) -> dict:
+def _manifest(config, used, resolved, data_sha256, n_train, n_val, trainable, history, wall, out_dir,
+              tokens_seen, compute) -> dict:
     train_losses = [h["train_loss"] for h in history if h.get("train_loss") is not None]
     val_losses = [h["val_loss"] for h in history if h.get("val_loss") is not None]
     rates = [h["tokens_per_second"] for h in history if h.get("tokens_per_second")]
@@ -294,9 +297,7 @@ def _manifest(config, precision, resolved, data_sha256, n_train, n_val, trainabl
                        "nf4_grid": resolved.nf4_grid},  # True: the adapter holds under NF4 and unquantised alike
         "dataset": {"sha256": data_sha256, "train": n_train, "val": n_val,
                     "held_out_concepts": list(HELD_OUT.conditions)},
-        "hyperparameters": {**config.to_dict(), "precision_used": precision,
-                            # per process; the effective batch is their product times the processes
-                            "micro_batch_used": list(micro_batch), "processes": processes},
+        "hyperparameters": {**config.to_dict(), **used},
         "trainable_parameters": trainable,
         "versions": versions(),
         "wall_seconds": round(wall, 1),

@@ -145,6 +145,7 @@ def test_short_real_training_lowers_the_loss_and_writes_every_output(tmp_path, t
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["hyperparameters"]["rank"] == 16 and manifest["dataset"]["train"] == 16
     assert manifest["hyperparameters"]["processes"] == 1  # with micro_batch_used, the effective batch
+    assert manifest["hyperparameters"]["bits_dropout_used"]  # on a CPU
     assert manifest["dataset"]["sha256"] == dataset_hash(tiny_data)
     assert manifest["base_model"]["weights_sha256"] and len(manifest["adapter_sha256"]) == 64
     assert manifest["final_val_loss"] == val_losses[-1] and manifest["versions"]["torch"]
