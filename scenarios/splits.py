@@ -1,14 +1,18 @@
-"""The synthetic dataset's splits: train from the training vocabulary, val and test held out."""
+"""The synthetic dataset's splits: train from the training vocabulary and invented concepts, val and
+test held out."""
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass
 
+from scenarios.invented import with_invented
 from scenarios.notes import Case, RandomChooser, draw_case
 from scenarios.vocab import HELD_OUT, TRAIN, Vocabulary
 
 SPLIT_VOCAB: dict[str, Vocabulary] = {"train": TRAIN, "val": HELD_OUT, "test": HELD_OUT}
+# Raised whenever a seed's splits change. 2: half of the training concepts invented (val and test as in 1).
+GENERATOR_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -30,7 +34,10 @@ def generate_split(split: str, n: int, seed: int = 0) -> list[Case]:
     if split not in SPLIT_VOCAB:
         raise ValueError(f"unknown split {split!r}; expected one of {sorted(SPLIT_VOCAB)}")
     chooser = RandomChooser(random.Random(f"sunrise-{seed}-{split}"))
-    return [draw_case(chooser, SPLIT_VOCAB[split], f"{split}-{i:03d}") for i in range(n)]
+    vocab = SPLIT_VOCAB[split]
+    if split == "train":  # names seen once can only be copied, not remembered (scenarios/invented.py)
+        return [draw_case(chooser, with_invented(chooser, vocab), f"{split}-{i:03d}") for i in range(n)]
+    return [draw_case(chooser, vocab, f"{split}-{i:03d}") for i in range(n)]
 
 
 def generate_splits(sizes: SplitSizes = SplitSizes(), seed: int = 0) -> dict[str, list[Case]]:

@@ -7,8 +7,10 @@ not eat the compute, and checkpoints every evaluation interval make a run resuma
 
 from __future__ import annotations
 
+import gc
 import json
 import os
+import re
 import shutil
 import statistics
 import sys
@@ -24,16 +26,30 @@ from scenarios.records import read_cases
 from scenarios.splits import SplitSizes
 from scenarios.vocab import HELD_OUT
 from train.config import TrainConfig
-from train.dataset import dataset_hash, write_dataset
+from train.dataset import dataset_hash, dataset_provenance, write_dataset
 
 IGNORE = -100  # label value the loss skips
 
 
-def encode_example(tokenizer, note: str, answer: str) -> dict:
-    """Token ids and labels for one record; labels are IGNORE over the prompt (system, note, header)."""
+# Where a string value's closing quote meets the bracket that follows it.
+_QUOTE_THEN_CLOSER = re.compile(r'(?<=")(?=[}\]])')
+
+
+def encode_example(tokenizer, note: str, answer: str, split_closers: bool = False) -> dict:
+    """Token ids and labels for one record; labels are IGNORE over the prompt (system, note, header).
+
+    `split_closers` tokenises the answer's closing quotes on their own. BPE merges a closing quote
+    with the brace after it only when the list goes on ('"},' + '{"' before another reason, '"' +
+    '}]' after the last), so a model must decide whether another item follows one token early, at
+    the quote. Small models trained briefly get that wrong, writing '"' '}}' '},' (three braces).
+    Split, the quote is always its own token and the decision falls on the bracket. The text is the
+    same; only the token boundaries the model learns differ.
+    """
     prompt_ids = tokenizer(render_prompt(tokenizer, note), add_special_tokens=False)["input_ids"]
     end = "<|im_end|>" if "<|im_end|>" in tokenizer.get_vocab() else tokenizer.eos_token
-    answer_ids = tokenizer(answer + end, add_special_tokens=False)["input_ids"]
+    pieces = _QUOTE_THEN_CLOSER.split(answer) if split_closers else [answer]
+    pieces[-1] += end
+    answer_ids = [i for piece in pieces for i in tokenizer(piece, add_special_tokens=False)["input_ids"]]
     return {
         "input_ids": prompt_ids + answer_ids,
         "labels": [IGNORE] * len(prompt_ids) + answer_ids,
@@ -148,7 +164,8 @@ def train(config: TrainConfig, out_dir: Path, data_dir: Path | None = None, resu
     def encode(cases):
         from harness.schema import dumps
 
-        return Dataset.from_list([encode_example(tokenizer, c.note, dumps(c.expected)) for c in cases])
+        return Dataset.from_list([encode_example(tokenizer, c.note, dumps(c.expected), config.split_closers)
+                                  for c in cases])
 
     train_ds, val_ds = encode(train_cases), encode(val_cases)
     checkpoints = out_dir / "checkpoints"
@@ -209,7 +226,8 @@ def train(config: TrainConfig, out_dir: Path, data_dir: Path | None = None, resu
         # effective batch is its product times the processes.
         used = {"precision_used": precision, "micro_batch_used": [batch_size, grad_accum], "processes": processes,
                 "bits_dropout_used": bits_dropout}
-        manifest = _manifest(config, used, resolved, data_sha256, len(train_ds), len(val_ds), trainable,
+        manifest = _manifest(config, used, resolved, data_sha256, dataset_provenance(data_dir), len(train_ds),
+                             len(val_ds), trainable,
                              history, wall, out_dir, trainer.state.num_input_tokens_seen,
                              (bound, flops_per_token(model.config)))
         (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
@@ -221,15 +239,18 @@ def train(config: TrainConfig, out_dir: Path, data_dir: Path | None = None, resu
     else:
         manifest = {}
     if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()  # torchrun/accelerate: leave no process group behind
+        # torchrun/accelerate: leave no process group behind, but free the DDP wrapper first. Freed after
+        # its group (as these locals would be on return), the reducer's destructor can deadlock with
+        # gloo's threads: seen once, a rank hung at exit after training had finished.
+        trainer = model = None
+        gc.collect()
+        torch.distributed.destroy_process_group()
     return manifest
 
 
 def _numerics_check(out_dir: Path, config: TrainConfig, val_cases) -> dict:
     """The saved adapter under each base numerics (train/numerics_check.py). The adapter and its
     manifest are already written: a check that fails is recorded as such and loses nothing."""
-    import gc
-
     import torch
 
     from train.numerics_check import check_numerics
@@ -240,7 +261,7 @@ def _numerics_check(out_dir: Path, config: TrainConfig, val_cases) -> dict:
     print(f"numerics check: the adapter on NF4 and unquantised bases (validation loss"
           f"{f', {config.check_notes} test notes each' if config.check_notes else ''})", file=sys.stderr, flush=True)
     try:
-        result = check_numerics(out_dir, config.base_model, val_cases, config.check_notes)
+        result = check_numerics(out_dir, config.base_model, val_cases, config.check_notes, config.split_closers)
     except Exception as exc:  # e.g. no memory for an unquantised copy of a large base
         print(f"numerics check failed, recorded in the manifest: {exc}", file=sys.stderr, flush=True)
         return {"error": f"{type(exc).__name__}: {exc}"}
@@ -281,22 +302,27 @@ def _last_checkpoint(folder: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def _manifest(config, used, resolved, data_sha256, n_train, n_val, trainable, history, wall, out_dir,
+def _manifest(config, used, resolved, data_sha256, provenance, n_train, n_val, trainable, history, wall, out_dir,
               tokens_seen, compute) -> dict:
     train_losses = [h["train_loss"] for h in history if h.get("train_loss") is not None]
     val_losses = [h["val_loss"] for h in history if h.get("val_loss") is not None]
     rates = [h["tokens_per_second"] for h in history if h.get("tokens_per_second")]
     rate = statistics.median(rates) if rates else None
     bound, per_token = compute
+    if provenance:
+        sizes = " ".join(f"--{split} {n}" for split, n in provenance["sizes"].items())
+        data = (f"sunrise dataset --out DATA --seed {provenance['seed']} {sizes} (generator version "
+                f"{provenance['generator_version']}) && ")
+    else:
+        data = "the data whose sha256 is below as DATA, then "
     return {
-        "how_to_remake": (f"sunrise dataset --out DATA --seed {config.dataset_seed} && sunrise train --profile "
-                          f"{config.profile} --data DATA --out OUT, with any hyperparameter below that differs "
-                          "from the profile given as an option; the same machine class gives the same "
-                          "validation loss within noise"),
+        "how_to_remake": (f"{data}sunrise train --profile {config.profile} --data DATA --out OUT, with any "
+                          "hyperparameter below that differs from the profile given as an option; the same "
+                          "machine class gives the same validation loss within noise"),
         "base_model": {"name": resolved.name, "weights_sha256": resolved.weights_sha256,
                        "nf4_grid": resolved.nf4_grid},  # True: the adapter holds under NF4 and unquantised alike
         "dataset": {"sha256": data_sha256, "train": n_train, "val": n_val,
-                    "held_out_concepts": list(HELD_OUT.conditions)},
+                    "held_out_concepts": list(HELD_OUT.conditions), "generated": provenance},
         "hyperparameters": {**config.to_dict(), **used},
         "trainable_parameters": trainable,
         "versions": versions(),

@@ -8,9 +8,9 @@ import pytest
 from harness.cli import main
 from harness.schema import validate_text
 from scenarios.records import read_cases
-from scenarios.splits import SplitSizes, generate_split, generate_splits
+from scenarios.splits import GENERATOR_VERSION, SplitSizes, generate_split, generate_splits
 from scenarios.vocab import HELD_OUT, TRAIN
-from train.dataset import dataset_hash, write_dataset
+from train.dataset import dataset_hash, dataset_provenance, write_dataset
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +28,12 @@ def test_default_sizes_and_chat_record_shape(dataset):
     for split in lines.values():
         for line in split:
             assert validate_text(json.loads(line)["messages"][1]["content"]) == []
+
+
+def test_provenance_names_the_generator_seed_and_sizes(dataset, tmp_path):
+    assert dataset_provenance(dataset) == {"generator_version": GENERATOR_VERSION, "seed": 0,
+                                           "sizes": {"train": 450, "val": 50, "test": 100}}
+    assert dataset_provenance(tmp_path) is None  # data from elsewhere
 
 
 def test_deterministic_for_a_seed(tmp_path, dataset):

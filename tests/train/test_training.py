@@ -9,7 +9,7 @@ import time
 import pytest
 
 from harness.models import resolve_base
-from scenarios.splits import SplitSizes
+from scenarios.splits import GENERATOR_VERSION, SplitSizes
 from train.config import ATTENTION, MLP, PROFILES, TrainConfig, profile
 from train.dataset import dataset_hash, write_dataset
 from train.trainer import IGNORE, PadCollator, encode_example
@@ -104,6 +104,24 @@ def test_loss_only_on_the_answer(tokenizer):
     assert ex["labels"][: len(masked)] == [IGNORE] * len(masked)  # the mask is a prefix
 
 
+@pytest.mark.slow
+def test_split_closers_keep_the_text_and_give_each_closing_quote_its_own_token(tokenizer):
+    note = "Mary Walker, asthma and heartburn. On Salbutamol 100 mcg, Allopurinol and Omeprazole 20mg."
+    answer = ('{"patient":{"name":"Mary Walker"},"reasonCode":[{"text":"asthma"},{"text":"heartburn"}],'
+              '"medicationStatement":[{"medication":"Salbutamol","dose":{"value":100,"unit":"mcg"}},'
+              '{"medication":"Allopurinol","dose":null},{"medication":"Omeprazole","dose":{"value":20,"unit":"mg"}}]}')
+
+    def pieces(split):
+        ex = encode_example(tokenizer, note, answer, split_closers=split)
+        return [tokenizer.decode([t]) for t, lab in zip(ex["input_ids"], ex["labels"], strict=True) if lab != IGNORE]
+
+    merged = [p for p in pieces(False) if '"}' in p or '"]' in p]
+    assert merged  # BPE's own tokenisation merges some closing quotes with their brace
+    split = pieces(True)
+    assert "".join(split) == answer + "<|im_end|>"
+    assert not [p for p in split if '"}' in p or '"]' in p]
+
+
 def _sunrise(*args, **kwargs) -> subprocess.Popen:
     """Training runs in its own process, as users run it (and as bitsandbytes' CPU state expects)."""
     return subprocess.Popen([sys.executable, "-m", "harness.cli", *map(str, args)], stdout=subprocess.PIPE,
@@ -147,6 +165,8 @@ def test_short_real_training_lowers_the_loss_and_writes_every_output(tmp_path, t
     assert manifest["hyperparameters"]["processes"] == 1  # with micro_batch_used, the effective batch
     assert manifest["hyperparameters"]["bits_dropout_used"]  # on a CPU
     assert manifest["dataset"]["sha256"] == dataset_hash(tiny_data)
+    assert manifest["dataset"]["generated"]["generator_version"] == GENERATOR_VERSION
+    assert manifest["how_to_remake"].startswith("sunrise dataset --out DATA --seed 0 --train 16 --val 4 --test 0 ")
     assert manifest["base_model"]["weights_sha256"] and len(manifest["adapter_sha256"]) == 64
     assert manifest["final_val_loss"] == val_losses[-1] and manifest["versions"]["torch"]
     assert manifest["matmul_bound_gflops"] > 0 and 0 < manifest["fraction_of_bound"] < 1
