@@ -3,6 +3,7 @@ model that does well on held-out notes has learned the extraction task, not the 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 
@@ -28,6 +29,10 @@ class Vocabulary:
             "first name": self.first_names,
             "last name": self.last_names,
         }
+
+    def words(self) -> set[str]:
+        """Every word of every term, case-folded ("Van Dijk": van, dijk; "COVID-19": covid, 19)."""
+        return {w.casefold() for terms in self.terms().values() for t in terms for w in re.split(r"[\s'-]+", t)}
 
 
 TRAIN = Vocabulary(
