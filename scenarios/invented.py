@@ -1,10 +1,14 @@
-"""Invented concepts: made-up drugs, conditions and people, fresh for every training note.
+"""Invented concepts: made-up drugs and conditions, fresh for every training note.
 
 A model that has seen the same 20 drugs 400 times learns to write those 20 names, and on a held-out
 note it writes an empty medication list or a remembered name (a quick adapter trained on the fixed
 vocabulary wrote `[]` for all 12 held-out notes read). Names it has never seen, and will never see again,
-can only be copied from the note: half of every training vocabulary is invented this way. No
-invented word is a word of a held-out term, so the held-out concepts stay out of training.
+can only be copied from the note: half of every training note's drugs and conditions are invented this
+way. No invented word is a word of a held-out term, so the held-out concepts stay out of training.
+
+People's names come from the training list. Generator version 2 invented them too; the same recipe
+scored higher on version 3 (field F1 0.811 against 0.775 on 50 test notes), and both wrote a name for
+held-out notes that give none about equally often (README, "The reference adapter").
 """
 
 from __future__ import annotations
@@ -28,7 +32,6 @@ _CONDITION_FORMS = ("{w}", "{w}", "{w}osis", "{w}itis", "{w} syndrome", "{w} dis
                     "{part} {symptom}", "{symptom} in {part}", "{w} {v}")
 _PARTS = ("shoulder", "elbow", "jaw", "neck", "heel", "thumb", "calf", "left knee", "right shoulder", "groin")
 _SYMPTOMS = ("pain", "swelling", "stiffness", "itching", "cramps", "weakness", "tingling")
-_SURNAME_FORMS = ("{W}", "{W}", "{W}", "{W}-{V}", "Mac{w}", "O'{W}", "De {W}")
 
 # Words no invented word may be: every word of every held-out term (leakage), and a few common ones.
 _TAKEN = HELD_OUT.words() | {
@@ -58,18 +61,12 @@ def invented_condition(c: Chooser) -> str:
 
 
 def invented_vocabulary(c: Chooser, like: Vocabulary) -> Vocabulary:
-    """As many invented conditions, drugs and names as `like` has of each, to draw one note from."""
-    return Vocabulary(
-        name="invented",
-        conditions=tuple(invented_condition(c) for _ in like.conditions),
-        drugs=tuple(invented_drug(c) for _ in like.drugs),
-        first_names=tuple(_word(c, 1, 2).capitalize() for _ in like.first_names),
-        last_names=tuple(_fill(c, c.choice(_SURNAME_FORMS)) for _ in like.last_names),
-    )
+    """As many invented conditions and drugs as `like` has of each (and no names)."""
+    return Vocabulary(name="invented", conditions=tuple(invented_condition(c) for _ in like.conditions),
+                      drugs=tuple(invented_drug(c) for _ in like.drugs), first_names=(), last_names=())
 
 
 def with_invented(c: Chooser, vocab: Vocabulary) -> Vocabulary:
-    """`vocab` and as many invented concepts again: about half of a note's concepts are new to the model."""
+    """`vocab` and as many invented drugs and conditions again: about half of a note's are new to the model."""
     new = invented_vocabulary(c, vocab)
-    return replace(vocab, conditions=vocab.conditions + new.conditions, drugs=vocab.drugs + new.drugs,
-                   first_names=vocab.first_names + new.first_names, last_names=vocab.last_names + new.last_names)
+    return replace(vocab, conditions=vocab.conditions + new.conditions, drugs=vocab.drugs + new.drugs)

@@ -11,8 +11,9 @@ from scenarios.notes import Case, RandomChooser, draw_case
 from scenarios.vocab import HELD_OUT, TRAIN, Vocabulary
 
 SPLIT_VOCAB: dict[str, Vocabulary] = {"train": TRAIN, "val": HELD_OUT, "test": HELD_OUT}
-# Raised whenever a seed's splits change. 2: half of the training concepts invented (val and test as in 1).
-GENERATOR_VERSION = 2
+# Raised whenever a seed's splits change (val and test are as in 1 throughout). 2: half of the training
+# concepts invented, names too; 3: half of the drugs and conditions, names from the training list.
+GENERATOR_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,7 @@ def generate_split(split: str, n: int, seed: int = 0) -> list[Case]:
         raise ValueError(f"unknown split {split!r}; expected one of {sorted(SPLIT_VOCAB)}")
     chooser = RandomChooser(random.Random(f"sunrise-{seed}-{split}"))
     vocab = SPLIT_VOCAB[split]
-    if split == "train":  # names seen once can only be copied, not remembered (scenarios/invented.py)
+    if split == "train":  # terms seen once can only be copied, not remembered (scenarios/invented.py)
         return [draw_case(chooser, with_invented(chooser, vocab), f"{split}-{i:03d}") for i in range(n)]
     return [draw_case(chooser, vocab, f"{split}-{i:03d}") for i in range(n)]
 

@@ -302,6 +302,21 @@ def _last_checkpoint(folder: Path) -> Path | None:
     return found[-1] if found else None
 
 
+def how_to_remake(profile: str, processes: int, provenance: dict | None) -> str:
+    """The commands that make the adapter again: its dataset, then its training, launched in as many
+    processes (they change the data order each step sees)."""
+    if provenance:
+        sizes = " ".join(f"--{split} {n}" for split, n in provenance["sizes"].items())
+        data = (f"sunrise dataset --out DATA --seed {provenance['seed']} {sizes} (generator version "
+                f"{provenance['generator_version']}) && ")
+    else:
+        data = "the data whose sha256 is below as DATA, then "
+    launcher = f"torchrun --nproc_per_node {processes} -m harness.cli train" if processes > 1 else "sunrise train"
+    return (f"{data}{launcher} --profile {profile} --data DATA --out OUT, with any hyperparameter below that "
+            "differs from the profile given as an option; the same machine class gives the same validation loss "
+            "within noise")
+
+
 def _manifest(config, used, resolved, data_sha256, provenance, n_train, n_val, trainable, history, wall, out_dir,
               tokens_seen, compute) -> dict:
     train_losses = [h["train_loss"] for h in history if h.get("train_loss") is not None]
@@ -309,16 +324,8 @@ def _manifest(config, used, resolved, data_sha256, provenance, n_train, n_val, t
     rates = [h["tokens_per_second"] for h in history if h.get("tokens_per_second")]
     rate = statistics.median(rates) if rates else None
     bound, per_token = compute
-    if provenance:
-        sizes = " ".join(f"--{split} {n}" for split, n in provenance["sizes"].items())
-        data = (f"sunrise dataset --out DATA --seed {provenance['seed']} {sizes} (generator version "
-                f"{provenance['generator_version']}) && ")
-    else:
-        data = "the data whose sha256 is below as DATA, then "
     return {
-        "how_to_remake": (f"{data}sunrise train --profile {config.profile} --data DATA --out OUT, with any "
-                          "hyperparameter below that differs from the profile given as an option; the same "
-                          "machine class gives the same validation loss within noise"),
+        "how_to_remake": how_to_remake(config.profile, used["processes"], provenance),
         "base_model": {"name": resolved.name, "weights_sha256": resolved.weights_sha256,
                        "nf4_grid": resolved.nf4_grid},  # True: the adapter holds under NF4 and unquantised alike
         "dataset": {"sha256": data_sha256, "train": n_train, "val": n_val,

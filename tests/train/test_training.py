@@ -12,7 +12,7 @@ from harness.models import resolve_base
 from scenarios.splits import GENERATOR_VERSION, SplitSizes
 from train.config import ATTENTION, MLP, PROFILES, TrainConfig, profile
 from train.dataset import dataset_hash, write_dataset
-from train.trainer import IGNORE, PadCollator, encode_example
+from train.trainer import IGNORE, PadCollator, encode_example, how_to_remake
 
 
 def test_profiles_and_overrides_validate():
@@ -28,8 +28,8 @@ def test_profiles_and_overrides_validate():
         TrainConfig(check_notes=-1)
     # The reference recipe ends with the numerics check; the main job's quick profile does not pay for it.
     assert profile("full").check_numerics and profile("full").check_notes > 0 and not profile("quick").check_numerics
-    # The reference recipe keeps the study's attention-only LoRA; the quick one adds the MLP linears.
-    assert profile("full").target_modules == ATTENTION and profile("quick").target_modules == ATTENTION + MLP
+    # Both profiles add the MLP linears to the study's attention-only LoRA (the library default, below).
+    assert profile("full").target_modules == profile("quick").target_modules == ATTENTION + MLP
 
 
 def test_study_defaults():
@@ -43,6 +43,16 @@ def test_study_defaults():
     assert c.micro_batch(on_gpu=False, processes=2) == (4, 1) and c.micro_batch(on_gpu=True, processes=2) == (2, 2)
     assert c.override(batch_size=8).micro_batch(on_gpu=False, processes=2) == (8, 1)  # an explicit size stays
     assert c.target_modules == ("q_proj", "k_proj", "v_proj", "o_proj") and c.quantization == "nf4"
+
+
+def test_how_to_remake_names_the_dataset_and_the_launch():
+    generated = {"generator_version": 2, "seed": 3, "sizes": {"train": 450, "val": 50, "test": 100}}
+    one = how_to_remake("full", 1, generated)
+    assert one.startswith("sunrise dataset --out DATA --seed 3 --train 450 --val 50 --test 100 (generator version 2) "
+                          "&& sunrise train --profile full --data DATA")
+    # Two processes see other data each step than one: a remake launches as many.
+    assert "&& torchrun --nproc_per_node 2 -m harness.cli train --profile full" in how_to_remake("full", 2, generated)
+    assert how_to_remake("quick", 1, None).startswith("the data whose sha256 is below as DATA, then sunrise train")
 
 
 def test_a_failed_numerics_check_is_recorded_not_raised(tmp_path, capsys):
