@@ -48,7 +48,7 @@ def _word(c: Chooser, lo: int, hi: int) -> str:
 
 def _fill(c: Chooser, form: str, **more: str) -> str:
     w, v, u = _word(c, 2, 3), _word(c, 2, 3), _word(c, 2, 2)
-    return form.format(w=w, v=v, u=u, W=w.capitalize(), V=v.capitalize(), **more)
+    return form.format(w=w, v=v, u=u, **more)
 
 
 def invented_drug(c: Chooser) -> Drug:
