@@ -153,7 +153,7 @@ def cmd_train(args) -> int:
 
     overrides = {k: getattr(args, k) for k in ("learning_rate", "max_steps", "epochs", "batch_size", "grad_accum",
                                                "eval_steps", "rank", "alpha", "precision", "seed", "check_numerics",
-                                               "check_notes", "split_closers")}
+                                               "check_notes", "split_quotes")}
     overrides.update(quantization=args.quantization, attn_implementation=args.attn_implementation)
     if args.target_modules:
         overrides["target_modules"] = tuple(args.target_modules.split(","))
@@ -294,8 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="after training, the adapter on NF4 and unquantised bases alike: validation loss and "
                         "--check-notes test notes under each, in the manifest (default: on for full, off for quick; "
                         "off where an unquantised copy of the base does not fit in memory)")
-    p.add_argument("--split-closers", action=argparse.BooleanOptionalAction, default=None,
-                   help="tokenise each closing quote of the answers on its own (default: on; see README)")
+    p.add_argument("--split-quotes", choices=("none", "closers", "all"), default=None,
+                   help="tokenise the answers' closing quotes (closers), and the opening quotes of values too "
+                        "(all), on their own (default: all; see README)")
     p.add_argument("--check-notes", type=_non_negative, default=None,
                    help="held-out test notes the numerics check generates under each (full: 30; 0: loss only)")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default=None,

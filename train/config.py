@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Literal
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
+QuoteSplit = Literal["none", "closers", "all"]
 EFFECTIVE_BATCH = 8  # the study's 2 x 4
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")  # the study's recipe: all attention linears
 MLP = ("gate_proj", "up_proj", "down_proj")  # Llama/Qwen-family names
@@ -35,9 +36,10 @@ class TrainConfig:
     eval_steps: int = 50  # validation loss (no weight updates) and a checkpoint every this many steps
     precision: Precision = "auto"  # auto: bf16 where the GPU or CPU has bf16 units, else fp32 (GTX 10xx)
     attn_implementation: str | None = None  # "eager" for old GPUs
-    # Answers tokenised with each closing quote on its own (train.trainer.encode_example): the same text,
-    # a decision the model can learn sooner.
-    split_closers: bool = True
+    # Answers tokenised with the quotes that carry a decision on their own (train.trainer.encode_example):
+    # "closers" before a bracket, "all" the opening quotes of values as well. The same text, decisions the
+    # model learns sooner: "all" is what taught the reference adapter to write null for a missing name.
+    split_quotes: QuoteSplit = "all"
     answer_logits: bool = True  # LM head on answer positions only: same loss, less compute (benchmarks/training.py)
     # LoRA dropout masks from random bits on a CPU: the same dropout, a cheaper mask (train/dropout.py)
     bits_dropout: bool = True
@@ -67,6 +69,8 @@ class TrainConfig:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
+        if self.split_quotes not in ("none", "closers", "all"):
+            raise ValueError(f"split_quotes must be none, closers or all, got {self.split_quotes!r}")
         if not self.target_modules:
             raise ValueError("target_modules must name at least one module")
 

@@ -22,9 +22,9 @@ FIGURES = ("json_valid", "schema_valid", "field_f1")
 
 
 def check_numerics(adapter_dir: Path, base_model: str, val_cases: list[Case], notes: int,
-                   split_closers: bool = False) -> dict:
+                   split_quotes: str = "none") -> dict:
     """Each numerics' figures for the adapter in `adapter_dir`, the gaps between them, and `holds`;
-    `split_closers` as the adapter was trained (train.trainer.encode_example)."""
+    `split_quotes` as the adapter was trained (train.trainer.encode_example)."""
     from harness.evaluation import score_split
     from harness.models import HFBackend, ModelSpec
     from scenarios.splits import generate_split
@@ -34,7 +34,7 @@ def check_numerics(adapter_dir: Path, base_model: str, val_cases: list[Case], no
     for quantization in NUMERICS:
         t0 = time.perf_counter()
         backend = HFBackend(ModelSpec(base=base_model, quantization=quantization, adapter=str(adapter_dir)))
-        row = {"val_loss": round(validation_loss(backend, val_cases, split_closers=split_closers), 4)}
+        row = {"val_loss": round(validation_loss(backend, val_cases, split_quotes=split_quotes), 4)}
         if test_cases:
             run = score_split(backend, test_cases)
             row.update({m: round(run.metrics[m], 3) for m in FIGURES}, errors=run.errors)
@@ -48,7 +48,7 @@ def check_numerics(adapter_dir: Path, base_model: str, val_cases: list[Case], no
     return out
 
 
-def validation_loss(backend, cases: list[Case], batch_size: int = 8, split_closers: bool = False) -> float:
+def validation_loss(backend, cases: list[Case], batch_size: int = 8, split_quotes: str = "none") -> float:
     """Mean cross-entropy per answer token over `cases`, the prompt masked out: the model's own loss
     on training's encoding and collation, weighted by each batch's answer tokens."""
     import torch
@@ -60,7 +60,7 @@ def validation_loss(backend, cases: list[Case], batch_size: int = 8, split_close
     total, count = 0.0, 0
     with torch.inference_mode():
         for start in range(0, len(cases), batch_size):
-            batch = collate([encode_example(backend.tokenizer, c.note, dumps(c.expected), split_closers)
+            batch = collate([encode_example(backend.tokenizer, c.note, dumps(c.expected), split_quotes)
                              for c in cases[start:start + batch_size]])
             tokens = int((batch["labels"][:, 1:] != IGNORE).sum())  # the loss shifts labels by one
             loss = backend.model(**{k: v.to(backend.model.device) if torch.is_tensor(v) else v

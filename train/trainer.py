@@ -31,23 +31,31 @@ from train.dataset import dataset_hash, dataset_provenance, write_dataset
 IGNORE = -100  # label value the loss skips
 
 
-# Where a string value's closing quote meets the bracket that follows it.
-_QUOTE_THEN_CLOSER = re.compile(r'(?<=")(?=[}\]])')
+# Where the answers are cut before BPE (encode_example): a string's closing quote before the bracket that
+# follows it, and a key's colon before the opening quote of its value.
+_CLOSER, _OPENER = r'(?<=")(?=[}\]])', r'(?<=":)(?=")'
+QUOTE_SPLITS = {"none": None, "closers": re.compile(_CLOSER), "all": re.compile(f"{_CLOSER}|{_OPENER}")}
 
 
-def encode_example(tokenizer, note: str, answer: str, split_closers: bool = False) -> dict:
+def encode_example(tokenizer, note: str, answer: str, split_quotes: str = "none") -> dict:
     """Token ids and labels for one record; labels are IGNORE over the prompt (system, note, header).
 
-    `split_closers` tokenises the answer's closing quotes on their own. BPE merges a closing quote
-    with the brace after it only when the list goes on ('"},' + '{"' before another reason, '"' +
-    '}]' after the last), so a model must decide whether another item follows one token early, at
-    the quote. Small models trained briefly get that wrong, writing '"' '}}' '},' (three braces).
-    Split, the quote is always its own token and the decision falls on the bracket. The text is the
-    same; only the token boundaries the model learns differ.
+    `split_quotes` cuts the answer before BPE so that quotes which carry a decision are their own
+    tokens; the text is the same, only the token boundaries the model learns differ.
+    - "closers": BPE merges a closing quote with the brace after it only when the list goes on
+      ('"},' + '{"' before another reason, '"' + '}]' after the last), so the model must decide
+      whether another item follows one token early, at the quote. Small models trained briefly get
+      that wrong, writing '"' '}}' '},' (three braces). Split, the decision falls on the bracket.
+    - "all", closers and openers: BPE also merges a key's colon with the quote that opens a string
+      value ('"name' '":"' 'Thomas'), but not with null ('"name' '":' 'null'), so the token that
+      ends the key also decides whether the value is null. Trained that way, adapters wrote a name
+      for every note without one, training notes included (README, "The reference adapter"). Split,
+      every key ends in '":' and the value's first token decides, as it always did for the age.
     """
+    split = QUOTE_SPLITS[split_quotes]
     prompt_ids = tokenizer(render_prompt(tokenizer, note), add_special_tokens=False)["input_ids"]
     end = "<|im_end|>" if "<|im_end|>" in tokenizer.get_vocab() else tokenizer.eos_token
-    pieces = _QUOTE_THEN_CLOSER.split(answer) if split_closers else [answer]
+    pieces = split.split(answer) if split else [answer]
     pieces[-1] += end
     answer_ids = [i for piece in pieces for i in tokenizer(piece, add_special_tokens=False)["input_ids"]]
     return {
@@ -164,7 +172,7 @@ def train(config: TrainConfig, out_dir: Path, data_dir: Path | None = None, resu
     def encode(cases):
         from harness.schema import dumps
 
-        return Dataset.from_list([encode_example(tokenizer, c.note, dumps(c.expected), config.split_closers)
+        return Dataset.from_list([encode_example(tokenizer, c.note, dumps(c.expected), config.split_quotes)
                                   for c in cases])
 
     train_ds, val_ds = encode(train_cases), encode(val_cases)
@@ -261,7 +269,7 @@ def _numerics_check(out_dir: Path, config: TrainConfig, val_cases) -> dict:
     print(f"numerics check: the adapter on NF4 and unquantised bases (validation loss"
           f"{f', {config.check_notes} test notes each' if config.check_notes else ''})", file=sys.stderr, flush=True)
     try:
-        result = check_numerics(out_dir, config.base_model, val_cases, config.check_notes, config.split_closers)
+        result = check_numerics(out_dir, config.base_model, val_cases, config.check_notes, config.split_quotes)
     except Exception as exc:  # e.g. no memory for an unquantised copy of a large base
         print(f"numerics check failed, recorded in the manifest: {exc}", file=sys.stderr, flush=True)
         return {"error": f"{type(exc).__name__}: {exc}"}

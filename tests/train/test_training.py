@@ -26,6 +26,8 @@ def test_profiles_and_overrides_validate():
         profile("huge")
     with pytest.raises(ValueError, match="check_notes"):
         TrainConfig(check_notes=-1)
+    with pytest.raises(ValueError, match="split_quotes"):
+        TrainConfig(split_quotes="openers")
     # The reference recipe ends with the numerics check; the main job's quick profile does not pay for it.
     assert profile("full").check_numerics and profile("full").check_notes > 0 and not profile("quick").check_numerics
     # Both profiles add the MLP linears to the study's attention-only LoRA (the library default, below).
@@ -115,21 +117,32 @@ def test_loss_only_on_the_answer(tokenizer):
 
 
 @pytest.mark.slow
-def test_split_closers_keep_the_text_and_give_each_closing_quote_its_own_token(tokenizer):
+def test_split_quotes_keep_the_text_and_give_each_deciding_quote_its_own_token(tokenizer):
     note = "Mary Walker, asthma and heartburn. On Salbutamol 100 mcg, Allopurinol and Omeprazole 20mg."
-    answer = ('{"patient":{"name":"Mary Walker"},"reasonCode":[{"text":"asthma"},{"text":"heartburn"}],'
+    answer = ('{"patient":{"name":"Mary Walker","gender":null},"reasonCode":[{"text":"asthma"},{"text":"heartburn"}],'
               '"medicationStatement":[{"medication":"Salbutamol","dose":{"value":100,"unit":"mcg"}},'
               '{"medication":"Allopurinol","dose":null},{"medication":"Omeprazole","dose":{"value":20,"unit":"mg"}}]}')
 
     def pieces(split):
-        ex = encode_example(tokenizer, note, answer, split_closers=split)
+        ex = encode_example(tokenizer, note, answer, split_quotes=split)
         return [tokenizer.decode([t]) for t, lab in zip(ex["input_ids"], ex["labels"], strict=True) if lab != IGNORE]
 
-    merged = [p for p in pieces(False) if '"}' in p or '"]' in p]
-    assert merged  # BPE's own tokenisation merges some closing quotes with their brace
-    split = pieces(True)
-    assert "".join(split) == answer + "<|im_end|>"
-    assert not [p for p in split if '"}' in p or '"]' in p]
+    def closers(tokens):
+        return [p for p in tokens if '"}' in p or '"]' in p]
+
+    def openers(tokens):
+        return [p for p in tokens if ':"' in p]
+
+    bpe = pieces("none")
+    assert closers(bpe) and openers(bpe)  # BPE's own tokenisation merges both kinds of quote
+    for split in ("closers", "all"):
+        assert "".join(pieces(split)) == answer + "<|im_end|>"
+        assert not closers(pieces(split))
+    assert openers(pieces("closers"))
+    assert not openers(pieces("all"))
+    # Every key now ends in the same '":' token, before null and before a string alike.
+    keys = [t for t in pieces("all") if t.endswith(":")]
+    assert set(keys) == {'":'} and len(keys) == answer.count('":')
 
 
 def _sunrise(*args, **kwargs) -> subprocess.Popen:
