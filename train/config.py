@@ -99,8 +99,11 @@ PROFILES: dict[str, TrainConfig] = {
     # loss 0.224 against 0.317, schema valid 0.77 against 0.00 on 30 test notes. 48 steps, not 24, since
     # the training notes' concepts are half invented: 24 steps learn to copy medications but not yet to
     # close the lists around them (README, "The quick profile").
+    # Closing quotes split, not opening ones: in the main job, 48 steps with split openers scored schema
+    # valid 0.77 against 0.93 and json valid 0.82 against 0.98 on all 119 scenarios (one run each); they
+    # pay off over the full profile's 114 steps (README, "The reference adapter").
     "quick": TrainConfig(profile="quick", learning_rate=1e-3, max_steps=48, eval_steps=24, warmup_steps=3,
-                         target_modules=ATTENTION + MLP),
+                         target_modules=ATTENTION + MLP, split_quotes="closers"),
     # The reference adapter's recipe: 2 epochs, validation and a checkpoint after each (57 steps of 8), LoRA on
     # the MLP linears as well (README, "The reference adapter").
     "full": TrainConfig(profile="full", learning_rate=1e-3, epochs=2.0, eval_steps=57, warmup_steps=5,

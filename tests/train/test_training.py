@@ -30,6 +30,8 @@ def test_profiles_and_overrides_validate():
         TrainConfig(split_quotes="openers")
     # The reference recipe ends with the numerics check; the main job's quick profile does not pay for it.
     assert profile("full").check_numerics and profile("full").check_notes > 0 and not profile("quick").check_numerics
+    # Split openers pay off over the full profile's steps, not the quick profile's 48 (README).
+    assert (profile("full").split_quotes, profile("quick").split_quotes) == ("all", "closers")
     # Both profiles add the MLP linears to the study's attention-only LoRA (the library default, below).
     assert profile("full").target_modules == profile("quick").target_modules == ATTENTION + MLP
 
