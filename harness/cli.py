@@ -260,6 +260,10 @@ def cmd_main(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from typing import get_args
+
+    from train.config import Precision, QuoteSplit  # dataclasses only: the training settings' one list of choices
+
     parser = argparse.ArgumentParser(prog="sunrise", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -294,12 +298,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="after training, the adapter on NF4 and unquantised bases alike: validation loss and "
                         "--check-notes test notes under each, in the manifest (default: on for full, off for quick; "
                         "off where an unquantised copy of the base does not fit in memory)")
-    p.add_argument("--split-quotes", choices=("none", "closers", "all"), default=None,
+    p.add_argument("--split-quotes", choices=get_args(QuoteSplit), default=None,
                    help="tokenise the answers' closing quotes (closers), and the opening quotes of values too "
                         "(all), on their own (default: all; see README)")
     p.add_argument("--check-notes", type=_non_negative, default=None,
                    help="held-out test notes the numerics check generates under each (full: 30; 0: loss only)")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default=None,
+    p.add_argument("--precision", choices=get_args(Precision), default=None,
                    help="fp32 turns mixed precision off (GPUs without bf16 such as the GTX 1070 Ti)")
     p.add_argument("--target-modules", default=None, help="comma-separated, e.g. q_proj,k_proj,v_proj,o_proj")
     p.add_argument("--quantization", choices=QUANTIZATIONS, default=None,

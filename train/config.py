@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Literal
+from typing import Literal, get_args
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 QuoteSplit = Literal["none", "closers", "all"]
@@ -67,9 +67,9 @@ class TrainConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
-        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+        if self.precision not in get_args(Precision):
             raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
-        if self.split_quotes not in ("none", "closers", "all"):
+        if self.split_quotes not in get_args(QuoteSplit):
             raise ValueError(f"split_quotes must be none, closers or all, got {self.split_quotes!r}")
         if not self.target_modules:
             raise ValueError("target_modules must name at least one module")
