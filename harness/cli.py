@@ -1,4 +1,5 @@
-"""`sunrise`: one entry point, a subcommand per job (dataset, extract, train, serve, main)."""
+"""`sunrise`: one entry point, a subcommand per job (dataset, extract, train, check-numerics, serve, export,
+prepare-base, main)."""
 
 from __future__ import annotations
 
@@ -168,6 +169,18 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_check_numerics(args) -> int:
+    from train.numerics_check import announce, check_saved_adapter, report_lines
+
+    t0 = time.perf_counter()
+    print(announce(args.check_notes), file=sys.stderr, flush=True)
+    result = check_saved_adapter(Path(args.adapter), args.check_notes, Path(args.data) if args.data else None,
+                                 args.base_model)
+    print("\n".join(report_lines(result)))
+    print(f"recorded in {Path(args.adapter) / 'manifest.json'} under numerics_check ({time.perf_counter() - t0:.0f} s)")
+    return 0
+
+
 # --------------------------------------------------------------------------- serve
 
 
@@ -262,7 +275,8 @@ def cmd_main(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from typing import get_args
 
-    from train.config import Precision, QuoteSplit  # dataclasses only: the training settings' one list of choices
+    # dataclasses only: the training settings' one list of choices, the full profile's defaults
+    from train.config import Precision, QuoteSplit, profile
 
     parser = argparse.ArgumentParser(prog="sunrise", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -310,6 +324,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="frozen base weights: nf4 (QLoRA, default) or none (plain LoRA)")
     p.add_argument("--attn-implementation", default=None, help="e.g. eager for old GPUs")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("check-numerics", help="a trained adapter on NF4 and unquantised bases alike, recorded in its "
+                                              "manifest (what training in one process ends with; torchrun skips it)")
+    p.add_argument("--adapter", required=True, help="adapter folder with the manifest.json training wrote")
+    p.add_argument("--data", default=None,
+                   help="the training data folder (default: regenerated as the manifest says, checked by its sha256)")
+    p.add_argument("--base-model", default=None, help="default: the manifest's")
+    p.add_argument("--check-notes", type=_non_negative, default=profile("full").check_notes,
+                   help="held-out test notes generated under each numerics (default: %(default)s; 0: loss only)")
+    p.set_defaults(func=cmd_check_numerics)
 
     p = sub.add_parser("serve", help="the manual testing page (type or dictate a note, see the JSON) and an "
                                          "OpenAI-compatible API on /v1 for the same models")

@@ -6,15 +6,20 @@ ends by loading the saved adapter on the base under NF4 and unquantised alike, a
 it, and records in the manifest each one's validation loss (teacher-forced on the validation split,
 cheap) and, for `check_notes` > 0, its free answers to that many held-out test notes, scored: json and
 schema validity, field F1. `holds` says whether the two are within TOLERANCE of each other.
+A run in several processes (torchrun) skips it; `sunrise check-numerics --adapter DIR` runs it on the
+saved adapter afterwards (`check_saved_adapter`) and records it the same way.
 """
 
 from __future__ import annotations
 
 import gc
 import json
+import tempfile
 import time
+from datetime import date
 from pathlib import Path
 
+from harness.errors import HarnessError
 from scenarios.notes import Case
 
 NUMERICS = ("nf4", "none")
@@ -49,6 +54,71 @@ def check_numerics(adapter_dir: Path, base_model: str, val_cases: list[Case], no
         gaps = {m: round(abs(figures["nf4"][m] - figures["none"][m]), 3) for m in ("schema_valid", "field_f1")}
         out.update(gaps=gaps, holds=all(g <= TOLERANCE for g in gaps.values()))
     return out
+
+
+def announce(notes: int) -> str:
+    """The line printed as the check starts (it takes minutes: two bases, each generating `notes` answers)."""
+    return (f"numerics check: the adapter on NF4 and unquantised bases (validation loss"
+            f"{f', {notes} test notes each' if notes else ''})")
+
+
+def report_lines(result: dict) -> list[str]:
+    """The check's figures as the trainer and `sunrise check-numerics` print them."""
+    lines = [f"  {name:5} " + ", ".join(f"{k} {v}" for k, v in row.items()) for name, row in result["numerics"].items()]
+    if "holds" in result:
+        lines.append(f"  holds within {result['tolerance']}: {result['holds']} (gaps {result['gaps']})")
+    return lines
+
+
+def check_saved_adapter(adapter_dir: Path, notes: int, data_dir: Path | None = None,
+                        base_model: str | None = None) -> dict:
+    """The check on an adapter trained earlier, recorded in its manifest: as the trainer runs it, on the
+    validation split the adapter was trained with (from `data_dir`, else regenerated as its manifest
+    says) and on its base (its manifest's unless `base_model` is given)."""
+    adapter_dir = Path(adapter_dir)
+    path = adapter_dir / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text())
+        hyper, dataset = manifest["hyperparameters"], manifest["dataset"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise HarnessError(f"{path}: not a training manifest ({exc}); the check needs the one "
+                           "`sunrise train` wrote beside the adapter") from exc
+    val_cases = _training_validation(dataset, data_dir)
+    result = check_numerics(adapter_dir, base_model or hyper["base_model"], val_cases, notes)
+    manifest["numerics_check"] = {**result, "recorded": f"after training, by sunrise check-numerics, {date.today()}"}
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    tmp.replace(path)  # a manifest is never left half written
+    return manifest["numerics_check"]
+
+
+def _training_validation(dataset: dict, data_dir: Path | None) -> list[Case]:
+    """The validation cases of the data a manifest names, checked against its sha256: the loss on other
+    notes would not be comparable with the one training recorded."""
+    from scenarios.splits import GENERATOR_VERSION, SplitSizes
+    from train.dataset import write_dataset
+
+    if data_dir is not None:
+        return _checked_cases(Path(data_dir), dataset["sha256"], "the data in " + str(data_dir))
+    made = dataset.get("generated")
+    if not made:
+        raise HarnessError("the adapter was trained on data from elsewhere; pass that folder as --data")
+    if made["generator_version"] != GENERATOR_VERSION:
+        raise HarnessError(f"the adapter's data came from dataset generator version {made['generator_version']}, "
+                           f"this checkout has version {GENERATOR_VERSION}; pass the training data as --data")
+    with tempfile.TemporaryDirectory() as tmp:
+        write_dataset(Path(tmp), SplitSizes(**made["sizes"]), made["seed"])
+        return _checked_cases(Path(tmp), dataset["sha256"], "the regenerated dataset")
+
+
+def _checked_cases(data_dir: Path, sha256: str, what: str) -> list[Case]:
+    from scenarios.records import read_cases
+    from train.dataset import dataset_hash
+
+    if dataset_hash(data_dir) != sha256:
+        raise HarnessError(f"{what} is not the data the adapter was trained on (its manifest's dataset sha256 "
+                           f"{sha256[:12]}...); pass the training data as --data")
+    return read_cases(data_dir / "val.jsonl")
 
 
 def trained_split(adapter_dir: Path) -> str:

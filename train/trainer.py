@@ -244,6 +244,9 @@ def train(config: TrainConfig, out_dir: Path, data_dir: Path | None = None, resu
             del trainer, model  # the check loads the base twice more; one copy at a time
             manifest["numerics_check"] = _numerics_check(out_dir, config, val_cases)
             (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        elif config.check_numerics:  # one rank would check while the others wait, each on one thread
+            print(f"numerics check skipped in {processes} processes: run `sunrise check-numerics --adapter "
+                  f"{out_dir}` next", file=sys.stderr, flush=True)
     else:
         manifest = {}
     if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -261,23 +264,18 @@ def _numerics_check(out_dir: Path, config: TrainConfig, val_cases) -> dict:
     manifest are already written: a check that fails is recorded as such and loses nothing."""
     import torch
 
-    from train.numerics_check import check_numerics
+    from train.numerics_check import announce, check_numerics, report_lines
 
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    print(f"numerics check: the adapter on NF4 and unquantised bases (validation loss"
-          f"{f', {config.check_notes} test notes each' if config.check_notes else ''})", file=sys.stderr, flush=True)
+    print(announce(config.check_notes), file=sys.stderr, flush=True)
     try:
         result = check_numerics(out_dir, config.base_model, val_cases, config.check_notes, config.split_quotes)
     except Exception as exc:  # e.g. no memory for an unquantised copy of a large base
         print(f"numerics check failed, recorded in the manifest: {exc}", file=sys.stderr, flush=True)
         return {"error": f"{type(exc).__name__}: {exc}"}
-    for name, row in result["numerics"].items():
-        print(f"  {name:5} " + ", ".join(f"{k} {v}" for k, v in row.items()), file=sys.stderr, flush=True)
-    if "holds" in result:
-        print(f"  holds within {result['tolerance']}: {result['holds']} (gaps {result['gaps']})",
-              file=sys.stderr, flush=True)
+    print("\n".join(report_lines(result)), file=sys.stderr, flush=True)
     return result
 
 
