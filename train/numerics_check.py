@@ -83,12 +83,12 @@ def check_saved_adapter(adapter_dir: Path, notes: int, data_dir: Path | None = N
     except (OSError, ValueError, KeyError) as exc:
         raise HarnessError(f"{path}: not a training manifest ({exc}); the check needs the one "
                            "`sunrise train` wrote beside the adapter") from exc
+    from train.trainer import write_manifest
+
     val_cases = _training_validation(dataset, data_dir)
-    result = check_numerics(adapter_dir, base_model or hyper["base_model"], val_cases, notes)
+    result = check_numerics(adapter_dir, base_model or hyper["base_model"], val_cases, notes, _split_of(hyper))
     manifest["numerics_check"] = {**result, "recorded": f"after training, by sunrise check-numerics, {date.today()}"}
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    tmp.replace(path)  # a manifest is never left half written
+    write_manifest(adapter_dir, manifest)
     return manifest["numerics_check"]
 
 
@@ -130,6 +130,10 @@ def trained_split(adapter_dir: Path) -> str:
         hyper = json.loads((Path(adapter_dir) / "manifest.json").read_text())["hyperparameters"]
     except (OSError, ValueError, KeyError):
         return "none"
+    return _split_of(hyper)
+
+
+def _split_of(hyper: dict) -> str:
     return hyper.get("split_quotes") or ("closers" if hyper.get("split_closers") else "none")
 
 

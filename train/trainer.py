@@ -238,12 +238,12 @@ def train(config: TrainConfig, out_dir: Path, data_dir: Path | None = None, resu
                              len(val_ds), trainable,
                              history, wall, out_dir, trainer.state.num_input_tokens_seen,
                              (bound, flops_per_token(model.config)))
-        (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        write_manifest(out_dir, manifest)
         shutil.rmtree(checkpoints, ignore_errors=True)
         if config.check_numerics and processes == 1:
             del trainer, model  # the check loads the base twice more; one copy at a time
             manifest["numerics_check"] = _numerics_check(out_dir, config, val_cases)
-            (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+            write_manifest(out_dir, manifest)
         elif config.check_numerics:  # one rank would check while the others wait, each on one thread
             print(f"numerics check skipped in {processes} processes: run `sunrise check-numerics --adapter "
                   f"{out_dir}` next", file=sys.stderr, flush=True)
@@ -290,6 +290,15 @@ def _cast_adapter(path: Path, dtype: str) -> None:
         return
     tmp = path.with_name(path.name + ".tmp")
     save_file({k: v.to(target).contiguous() for k, v in tensors.items()}, str(tmp), metadata={"format": "pt"})
+    tmp.replace(path)
+
+
+def write_manifest(out_dir: Path, manifest: dict) -> None:
+    """`manifest.json` beside the adapter, written whole or not at all (training and
+    `sunrise check-numerics` both write it)."""
+    path = Path(out_dir) / "manifest.json"
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
     tmp.replace(path)
 
 
