@@ -9,12 +9,11 @@ read back whole and matching its key is treated as a miss and overwritten, never
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from harness.atomic import write_atomic
 from harness.hashing import sha256_text
 
 
@@ -49,12 +48,4 @@ class GenerationCache:
 
     def put(self, key: str, entry: dict) -> None:
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump({**entry, "key": key}, fh, ensure_ascii=False)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(path, json.dumps({**entry, "key": key}, ensure_ascii=False))

@@ -15,9 +15,10 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.atomic import staged_folder
 from harness.errors import HarnessError
 from harness.gguf_export import convert, gguf_record, require_converters
-from harness.model_folder import refuse_existing, staged_folder, write_model_folder, write_record
+from harness.model_folder import refuse_existing, write_model_folder, write_record
 from harness.models import (
     AdapterInfo,
     ModelSpec,

@@ -20,9 +20,9 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+from harness.atomic import staged_folder
 from harness.errors import HarnessError
 from harness.hashing import sha256_file
-from harness.model_folder import staged_folder
 from harness.settings import cache_root
 
 LLAMA_CPP_PYTHON = "0.3.36"  # the llama-cpp-python release whose vendored llama.cpp converts

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
+
+from harness.atomic import write_atomic
 
 WEIGHT_SUFFIXES = (".safetensors", ".gguf", ".bin", ".pt", ".pth")
 
@@ -33,10 +34,7 @@ def memo_sha256(path: Path, memo_dir: Path) -> str:
     except (OSError, ValueError, KeyError, TypeError):
         pass
     value = sha256_file(path)
-    memo.parent.mkdir(parents=True, exist_ok=True)
-    tmp = memo.with_name(f"{memo.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"path": str(path), "sha256": value}))
-    tmp.replace(memo)
+    write_atomic(memo, json.dumps({"path": str(path), "sha256": value}))
     return value
 
 

@@ -4,12 +4,9 @@ not at all, and never over an existing folder. `sunrise export` and `sunrise pre
 from __future__ import annotations
 
 import json
-import shutil
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
+from harness.atomic import staged_folder
 from harness.environment import versions
 from harness.errors import HarnessError
 from harness.hashing import sha256_file
@@ -20,19 +17,6 @@ def refuse_existing(out: str | Path, command: str) -> Path:
     if out.exists():
         raise HarnessError(f"{out} already exists; {command} writes a new folder and never overwrites one")
     return out
-
-
-@contextmanager
-def staged_folder(out: Path) -> Iterator[Path]:
-    """A folder beside `out` to write into, renamed to `out` when the block ends and removed if it fails."""
-    tmp = out.with_name(f".{out.name}.{time.time_ns()}.tmp")
-    try:
-        tmp.mkdir(parents=True)
-        yield tmp
-        tmp.replace(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def write_record(folder: Path, record_name: str, record: dict) -> dict:

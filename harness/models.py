@@ -7,6 +7,7 @@ a model, so `import harness` stays fast.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -25,6 +26,11 @@ from harness.numerics import numerics, pin_reproducible_blas, register_attention
 from harness.prompt import PROMPTS, Prompt, render_prompt
 from harness.schema import dumps, empty_summary
 from harness.settings import cache_root
+
+# bitsandbytes warns on import that it cannot fetch an optional CPU kernel from the Hugging Face hub
+# (unreachable offline) and then uses its own, the one every figure here was measured with: noise in
+# every run's output, so only its errors are shown.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 EMBEDDED = "embedded"
 # max_new_tokens = schema skeleton + ANSWER_BOUND[0] x note tokens + ANSWER_BOUND[1]; part of the model

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 
 def _figure(width=7.0, height=4.0):
@@ -79,8 +78,3 @@ def trend_png(runs: list[dict], names: list[str]) -> bytes:
     ax.grid(True, alpha=0.3)
     return _png(plt, fig)
 
-
-def write_png(data: bytes, path: Path) -> None:
-    tmp = Path(path).with_name(Path(path).name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)

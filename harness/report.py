@@ -13,6 +13,7 @@ from pathlib import Path
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
+from harness.atomic import write_atomic
 from harness.diff import diff_output, field_of, field_rows
 from harness.gate import CEILINGS
 from harness.grounding import ground_summary, note_segments
@@ -31,14 +32,6 @@ _ENV.filters["metric"] = lambda x, name: "–" if x is None else (f"{x:g}" if na
 
 def _data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode()
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
 
 
 def _limit_word(metric: str) -> str:
@@ -145,7 +138,7 @@ def render_report(summary: dict) -> str:
 
 
 def write_report(summary: dict, path: Path) -> None:
-    _atomic_write(path, render_report(summary))
+    write_atomic(path, render_report(summary))
 
 
 def write_index(report_dir: Path) -> Path:
@@ -169,5 +162,5 @@ def write_index(report_dir: Path) -> Path:
         trend=_data_uri(trend_png(trend_runs, ["schema_valid", "null_age", "med_count", "field_f1"]))
         if trend_runs else None)
     index = Path(report_dir) / "index.html"
-    _atomic_write(index, html)
+    write_atomic(index, html)
     return index

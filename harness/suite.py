@@ -4,12 +4,12 @@ machine-readable summary of a run. The plugin module only wires these into pytes
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+from harness.atomic import write_atomic
 from harness.checks import run_checks
 from harness.environment import versions
 from harness.evaluation import Evaluation, Outcome, evaluate_output
@@ -352,8 +352,5 @@ def _train_log(adapter: Path | str | None) -> list[dict]:
 def write_summary(summary: dict, report_dir: Path) -> Path:
     """Write reports/<run_id>/summary.json atomically; returns the run folder."""
     folder = Path(report_dir) / summary["run_id"]
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".summary.{time.time_ns()}.tmp"
-    tmp.write_text(json.dumps(summary, indent=1, ensure_ascii=False, default=str))
-    tmp.replace(folder / "summary.json")
+    write_atomic(folder / "summary.json", json.dumps(summary, indent=1, ensure_ascii=False, default=str))
     return folder

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from harness.atomic import staged_file
 from harness.schema import dumps
 from scenarios.notes import Case
 
@@ -27,11 +28,9 @@ def from_record(record: dict, case_id: str) -> Case:
 
 def write_jsonl(path: Path, rows) -> None:
     """Write rows as JSONL atomically (a reader never sees a half-written file)."""
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
+    with staged_file(path) as tmp, tmp.open("w", encoding="utf-8") as fh:
         for row in rows:
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-    tmp.replace(path)
 
 
 def read_cases(path: Path) -> list[Case]:

@@ -15,9 +15,11 @@ import shutil
 import statistics
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.atomic import staged_file, write_atomic
 from harness.environment import versions
 from harness.hashing import sha256_file
 from harness.models import ModelSpec, load_base_model, resolve_base
@@ -133,7 +135,7 @@ def train(config: TrainConfig, out_dir: Path, data_dir: Path | None = None, resu
     from peft import LoraConfig, get_peft_model
     from transformers import ProgressCallback, Trainer, TrainingArguments
 
-    from harness.plots import loss_curve_png, write_png
+    from harness.plots import loss_curve_png
     from train.history import JsonlLogCallback
     from train.progress import TrainingProgress
     from train.throughput import flops_per_token, matmul_bound
@@ -152,6 +154,10 @@ def train(config: TrainConfig, out_dir: Path, data_dir: Path | None = None, resu
     spec = ModelSpec(base=config.base_model, quantization=config.quantization, dtype=compute_dtype,
                      attn_implementation=config.attn_implementation)
     resolved = resolve_base(spec.base)
+    if int(os.environ.get("RANK", "0")):  # under torchrun: one process's bars are enough
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     tokenizer, model = load_base_model(spec, resolved, for_training=True)
     torch.manual_seed(config.seed)
     for p in model.parameters():
@@ -161,7 +167,9 @@ def train(config: TrainConfig, out_dir: Path, data_dir: Path | None = None, resu
         model.enable_input_require_grads()
     lora = LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout,
                       target_modules=list(config.target_modules), task_type="CAUSAL_LM")
-    model = get_peft_model(model, lora)
+    with warnings.catch_warnings():  # peft reads a property transformers 5 deprecated: noise to a user
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        model = get_peft_model(model, lora)
     bits_dropout = config.bits_dropout and not torch.cuda.is_available()  # a GPU's own dropout is cheap
     if bits_dropout:
         from train.dropout import use_bits_dropout
@@ -213,6 +221,7 @@ def train(config: TrainConfig, out_dir: Path, data_dir: Path | None = None, resu
         model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
         data_collator=PadCollator(tokenizer.pad_token_id, answer_logits=config.answer_logits),
         callbacks=[JsonlLogCallback(log_path), *callbacks],
+        optimizers=(_optimizer(model, config), None),  # None: the Trainer's own (AdamW, cosine schedule)
     )
     trainer.remove_callback(ProgressCallback)  # it prints every log as a dict; ours shows them on one bar
     trainer.add_callback(TrainingProgress())
@@ -228,7 +237,7 @@ def train(config: TrainConfig, out_dir: Path, data_dir: Path | None = None, resu
         _cast_adapter(out_dir / "adapter_model.safetensors", config.adapter_dtype)
         (out_dir / "README.md").unlink(missing_ok=True)  # peft's empty model-card template
         history = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
-        write_png(loss_curve_png(history, held_out=HELD_OUT.conditions[:4]), out_dir / "loss_curve.png")
+        write_atomic(out_dir / "loss_curve.png", loss_curve_png(history, held_out=HELD_OUT.conditions[:4]))
         bound = matmul_bound(compute_dtype)
         # What this run resolved its settings to on this machine; micro_batch_used is per process, so the
         # effective batch is its product times the processes.
@@ -288,18 +297,25 @@ def _cast_adapter(path: Path, dtype: str) -> None:
     target = getattr(torch, dtype)
     if all(t.dtype == target for t in tensors.values()):
         return
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.to(target).contiguous() for k, v in tensors.items()}, str(tmp), metadata={"format": "pt"})
-    tmp.replace(path)
+    with staged_file(path) as tmp:
+        save_file({k: v.to(target).contiguous() for k, v in tensors.items()}, str(tmp), metadata={"format": "pt"})
+
+
+def _optimizer(model, config: TrainConfig):
+    """LoRA+'s optimizer when the config asks for it, else None (the Trainer's own AdamW)."""
+    if config.loraplus_ratio is None:
+        return None
+    import torch
+    from peft.optimizers import create_loraplus_optimizer
+
+    return create_loraplus_optimizer(model, torch.optim.AdamW, lr=config.learning_rate,
+                                     loraplus_lr_ratio=config.loraplus_ratio)
 
 
 def write_manifest(out_dir: Path, manifest: dict) -> None:
     """`manifest.json` beside the adapter, written whole or not at all (training and
     `sunrise check-numerics` both write it)."""
-    path = Path(out_dir) / "manifest.json"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    tmp.replace(path)
+    write_atomic(Path(out_dir) / "manifest.json", json.dumps(manifest, indent=2) + "\n")
 
 
 def _keep_log_until(log_path: Path, step: int) -> None:

@@ -1,6 +1,7 @@
 """Training: loss masking, configuration, and (slow) real QLoRA runs that lower the loss and resume."""
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -99,6 +100,28 @@ def test_answer_only_logits_give_the_same_loss():
     assert torch.allclose(grads[0], grads[1], atol=1e-6)
 
 
+def test_loraplus_gives_the_b_matrices_their_own_learning_rate():
+    """LoRA+ (a measured lever, off in both profiles): B learns `loraplus_ratio` times as fast as A."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from train.trainer import _optimizer
+
+    with pytest.raises(ValueError, match="loraplus_ratio"):
+        TrainConfig(loraplus_ratio=0.5)
+    assert profile("quick").loraplus_ratio is None and profile("full").loraplus_ratio is None
+    model = get_peft_model(LlamaForCausalLM(LlamaConfig(vocab_size=40, hidden_size=16, intermediate_size=32,
+                                                        num_hidden_layers=1, num_attention_heads=2,
+                                                        num_key_value_heads=1)),
+                           LoraConfig(r=4, target_modules=list(ATTENTION), task_type="CAUSAL_LM"))
+    assert _optimizer(model, TrainConfig()) is None  # the Trainer's own AdamW
+    groups = _optimizer(model, TrainConfig(learning_rate=1e-3, loraplus_ratio=4)).param_groups
+    rates = {p.data_ptr(): g["lr"] for g in groups for p in g["params"]}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            assert rates[param.data_ptr()] == pytest.approx(4e-3 if "lora_B" in name else 1e-3), name
+
+
 @pytest.fixture(scope="module")
 def tokenizer():
     from transformers import AutoTokenizer
@@ -171,7 +194,8 @@ def test_short_real_training_lowers_the_loss_and_writes_every_output(tmp_path, t
     proc = _sunrise(*_train_args(tiny_data, out, 8, 4), "--numerics-check")
     output = proc.communicate(timeout=900)[0]
     assert proc.returncode == 0, output[-3000:]
-    assert "final_val_loss" in output  # the summary, after the progress bar
+    assert re.search(r"trained 8 steps in \d+ s \(\d+ tokens/s\): train loss \d\.\d{4}, validation loss \d\.\d{4}",
+                     output)  # the summary, after the progress bar, in words
     # The Trainer's logs reach the user on our bar (loss, validation loss, tokens/s), never as raw dicts.
     assert "training: 100%" in output and "val loss=" in output and "tokens/s=" in output
     assert "{'loss'" not in output and "'eval_loss'" not in output and "{'train_runtime'" not in output
