@@ -3,7 +3,10 @@
 The tuned model (embedded SmolLM2 + the reference adapter, NF4 as the suite runs it) decodes the same
 held-out notes under free, schema and grounded decoding, one at a time and in batches, with no cache.
 For each it reports tokens/s, the time spent computing and applying masks (per generated token and
-as a share of the run), and each constrained mode's rate relative to free decoding. Writes JSON.
+as a share of the run), and each constrained mode's rate relative to free decoding. Each constrained
+mode runs twice: on a backend that never decoded these notes freely (what the constraint costs), and
+on the one that just did (as in a suite, where a constrained answer is replayed from the free one as
+far as the grammar allows it; `replayed_rows` and `replayed_tokens` count what that saved). Writes JSON.
 
     .venv/bin/python benchmarks/decoding.py --notes 32 --out reports/benchmark-decoding.json
 """
@@ -47,20 +50,24 @@ def main() -> None:
     parser.add_argument("--out", default="reports/benchmark-decoding.json")
     args = parser.parse_args()
     notes = [c.note for c in generate_split("test", args.notes, seed=7)]
-    backend = HFBackend(ModelSpec(quantization=args.quantization, adapter=args.adapter))
-    backend.constraint_tokenizer()  # built once per model (about a second); not part of any run
+    spec = ModelSpec(quantization=args.quantization, adapter=args.adapter)
+    backend, scratch = HFBackend(spec), HFBackend(spec)  # scratch never decodes freely: nothing to replay
+    for model in (backend, scratch):
+        model.constraint_tokenizer()  # built once per model (about a second); not part of any run
     rows = []
     for batch in (int(b) for b in args.batch_sizes.split(",")):
-        for mode in DECODINGS:
-            row = {"decoding": mode, "batch_size": batch,
-                   **measure(backend, notes, GenerationSettings(batch_size=batch, decoding=mode))}
+        runs = [("free", backend, False)] + [(mode, model, model is backend) for model in (scratch, backend)
+                                             for mode in DECODINGS if mode != "free"]
+        for mode, model, after_free in runs:
+            row = {"decoding": mode, "batch_size": batch, "after_free": after_free,
+                   **measure(model, notes, GenerationSettings(batch_size=batch, decoding=mode))}
             rows.append(row)
             free = next(r for r in rows if r["decoding"] == "free" and r["batch_size"] == batch)
             row["rate_vs_free"] = round(row["tokens_per_s"] / free["tokens_per_s"], 2)
-            print(f"{mode:9} batch {batch:3d}: {row['seconds']:7.2f} s {row['tokens']:6d} tokens "
-                  f"{row['tokens_per_s']:7.1f} tokens/s ({row['rate_vs_free']:.2f}x free), masks "
-                  f"{row['mask_ms_per_token']:.3f} ms/token = {100 * row['mask_share']:.1f}% of the run, "
-                  f"{row['errors']} errors", flush=True)
+            print(f"{mode:9}{' after free' if after_free else '':11} batch {batch:3d}: {row['seconds']:7.2f} s "
+                  f"{row['tokens']:6d} tokens {row['tokens_per_s']:7.1f} tokens/s ({row['rate_vs_free']:.2f}x free), "
+                  f"masks {row['mask_ms_per_token']:.3f} ms/token = {100 * row['mask_share']:.1f}% of the run, "
+                  f"{row['constraint']['replayed_rows']} answers replayed, {row['errors']} errors", flush=True)
     report = {"notes": args.notes, "quantization": args.quantization, "adapter": args.adapter,
               "device": str(backend.model.device), "rows": rows, "versions": versions()}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -40,6 +40,8 @@ class ConstraintStats:
     mask_seconds: float = 0.0  # computing and applying token masks
     masked_steps: int = 0  # rows x steps that were masked
     closed_rows: int = 0  # rows steered to close at their bound
+    replayed_rows: int = 0  # answers taken whole from the same prompt's free decoding (BatchConstraint.replay)
+    replayed_tokens: int = 0  # tokens taken from it, the whole answers' and those before the first forbidden one
 
 
 class ConstraintTokenizer:
@@ -125,6 +127,40 @@ class BatchConstraint:
         logits[:, width:] = float("-inf")
         self.stats.mask_seconds += time.perf_counter() - t0
         self.stats.masked_steps += len(rows)
+
+    def replay(self, decodes: list[list[int]], stopped: list[bool]) -> list[int | None]:
+        """How much of each row's free greedy decoding of the same prompt (`decodes[i]`; `stopped[i]`:
+        it ended at a stop token) greedy decoding under the row's grammar writes too. Masking only
+        removes tokens, so an argmax it allows stays the argmax: the rows agree up to the first token
+        the grammar forbids where it stands. None: the whole answer, its stop included; else the number
+        of tokens agreed on, which the row's matcher has consumed, so decoding can go on from there."""
+        import torch
+
+        agreed: list[int | None] = [0] * len(decodes)
+        active, step = list(range(len(decodes))), 0
+        while active:
+            allowed = torch.zeros(len(active), self.vocab.size)
+            self.mask_(active, allowed, [step] * len(active))
+            allowed = allowed == 0
+            keep = []
+            for i, r in enumerate(active):
+                if step == len(decodes[r]):
+                    if stopped[r] and bool(allowed[i, self.vocab.stop_ids].all()):
+                        agreed[r] = None
+                    continue
+                token = decodes[r][step]
+                if token < self.vocab.size and bool(allowed[i, token]) and self.advance(r, token):
+                    agreed[r] = step + 1
+                    keep.append(r)
+            active, step = keep, step + 1
+        self.stats.replayed_rows += agreed.count(None)
+        self.stats.replayed_tokens += sum(len(d) if n is None else n for d, n in zip(decodes, agreed, strict=True))
+        return agreed
+
+    def rows(self, keep: list[int]) -> BatchConstraint:
+        """The constraint of the rows `keep` alone, in that order, their matchers as they stand."""
+        return BatchConstraint(self.vocab, [self.matchers[r] for r in keep], [self.close_from[r] for r in keep],
+                               self.stats)
 
     def advance(self, row: int, token: int) -> bool:
         """Feed a chosen token to the row's matcher; False (and an error) if the grammar refuses it."""

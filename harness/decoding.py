@@ -30,18 +30,23 @@ class Decoded:
 
 
 def greedy_decode(model, rows: list[list[int]], bounds: list[int], stop_ids: list[int], pad_id: int,
-                  constraint: BatchConstraint | None = None) -> list[Decoded]:
-    """Decode `rows` (token ids of prompts) together; row i gets at most `bounds[i]` new tokens."""
+                  constraint: BatchConstraint | None = None,
+                  written: list[list[int]] | None = None) -> list[Decoded]:
+    """Decode `rows` (token ids of prompts) together; row i gets at most `bounds[i]` new tokens.
+    `written[i]`: new tokens row i already has (which its matcher has consumed); decoding goes on
+    after them, and they count towards its bound."""
     import torch
 
     device = model.device
+    if written is not None:
+        rows = [row + done for row, done in zip(rows, written, strict=True)]
     width = max(len(r) for r in rows)
     input_ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in rows], device=device)
     mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
     # Positions count real tokens only, as `generate` does, so a padded row decodes like an unpadded one.
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     stops = set(stop_ids)
-    tokens: list[list[int]] = [[] for _ in rows]
+    tokens: list[list[int]] = [list(done) for done in written] if written is not None else [[] for _ in rows]
     stopped = [False] * len(rows)
     active = list(range(len(rows)))  # which original row each batch row is
     with torch.inference_mode():

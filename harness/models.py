@@ -10,13 +10,16 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+import warnings
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol, get_args
 
 from harness.constraint import BatchConstraint, ConstraintStats, ConstraintTokenizer, close_reserve
-from harness.decoding import DECODER, greedy_decode
+from harness.decoding import DECODER, Decoded, greedy_decode
 from harness.embedded import EMBEDDED_NAME, converted_gguf, embedded_gguf
 from harness.errors import AdapterError, InputError, ModelNotFoundError
 from harness.grammar import DECODINGS, GRAMMAR_VERSION, Decoding
@@ -36,6 +39,9 @@ EMBEDDED = "embedded"
 # max_new_tokens = schema skeleton + ANSWER_BOUND[0] x note tokens + ANSWER_BOUND[1]; part of the model
 # identity, so cached outputs made under another bound are never reused.
 ANSWER_BOUND = (3, 16)
+# Free decodings a backend keeps, by prompt and bound, for constrained decodings of the same prompts to
+# replay (HFBackend._free_decodes_of): more than a suite's scenarios and property test; bounded for a server.
+FREE_DECODES_KEPT = 4096
 Quantization = Literal["none", "nf4"]
 DType = Literal["float32", "bfloat16", "float16"]
 QUANTIZATIONS: tuple[str, ...] = get_args(Quantization)
@@ -341,12 +347,22 @@ def check_adapter_base(info: AdapterInfo, resolved: ResolvedBase) -> None:
         )
 
 
+@contextmanager
+def peft_quietly() -> Iterator[None]:
+    """peft reads a property transformers 5 deprecated whenever it wraps a model (attaching an adapter,
+    or making one to train): a FutureWarning a user can do nothing about, shown once per process."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
+
+
 def attach_adapter(model, spec: ModelSpec, resolved: ResolvedBase, info: AdapterInfo):
     check_adapter_base(info, resolved)
     from peft import PeftModel
 
     try:
-        model = PeftModel.from_pretrained(model, str(info.path), is_trainable=False)
+        with peft_quietly():
+            model = PeftModel.from_pretrained(model, str(info.path), is_trainable=False)
     except Exception as exc:
         raise AdapterError(f"adapter {info.path} could not be attached to {resolved.name}: "
                            f"{exc.__class__.__name__}: {str(exc).splitlines()[0][:300]}") from None
@@ -401,6 +417,7 @@ class HFBackend:
         self.skeleton_tokens = len(self.tokenizer(dumps(empty_summary()))["input_ids"])
         self._template_tokens: dict[str, int] = {}
         self._constraint_tokenizer = None  # built on the first constrained batch (about a second)
+        self._free_decodes: OrderedDict[tuple[tuple[int, ...], int], tuple[list[int], bool]] = OrderedDict()
         self.constraint_stats = ConstraintStats()
         self.identity = {**identity, "answer_bound": list(ANSWER_BOUND), "decoder": DECODER}
 
@@ -469,14 +486,47 @@ class HFBackend:
         t0 = time.perf_counter()
         bounds = [self.max_new_tokens(len(r), settings) for r in rows]
         limits = [self.token_limit(n, len(r), settings) for n, r in zip(notes, rows, strict=True)]
-        constraint = None
+        todo, decoded, constraint, written = list(range(len(rows))), {}, None, None
         if settings.constrained:
             constraint = BatchConstraint.build(self.constraint_tokenizer(), settings.decoding, notes, bounds,
                                                self.constraint_stats)
-        decoded = greedy_decode(self.model, rows, limits, self.stop_ids, self.tokenizer.pad_token_id, constraint)
+            free = self._free_decodes_of(rows, bounds)
+            if free:
+                agreed = constraint.replay([tokens for tokens, _ in free], [stopped for _, stopped in free])
+                decoded = {i: Decoded(free[i][0], True) for i, n in enumerate(agreed) if n is None}
+                todo = [i for i in todo if i not in decoded]
+                written, constraint = [free[i][0][:agreed[i]] for i in todo], constraint.rows(todo)
+        if todo:
+            decoded.update(zip(todo, greedy_decode(self.model, [rows[i] for i in todo], [limits[i] for i in todo],
+                                                   self.stop_ids, self.tokenizer.pad_token_id, constraint, written),
+                               strict=True))
+        if not settings.constrained:
+            self._keep_free_decodes(rows, bounds, decoded)
         seconds = (time.perf_counter() - t0) / len(rows)
         return [Generation(text=self.tokenizer.decode(d.tokens, skip_special_tokens=True), seconds=seconds,
                            new_tokens=len(d.tokens), stopped=d.stopped, prompt_tokens=len(row),
                            error=d.error or (f"the constrained answer did not close within {limit} new tokens"
-                                             if constraint is not None and not d.stopped else None))
-                for d, limit, row in zip(decoded, limits, rows, strict=True)]
+                                             if settings.constrained and not d.stopped else None))
+                for d, limit, row in zip((decoded[i] for i in range(len(rows))), limits, rows, strict=True)]
+
+    def _keep_free_decodes(self, rows: list[list[int]], bounds: list[int], decoded: dict[int, Decoded]) -> None:
+        for i, row in enumerate(rows):
+            key = (tuple(row), bounds[i])
+            self._free_decodes[key] = (decoded[i].tokens, decoded[i].stopped)
+            self._free_decodes.move_to_end(key)
+        while len(self._free_decodes) > FREE_DECODES_KEPT:
+            self._free_decodes.popitem(last=False)
+
+    def _free_decodes_of(self, rows: list[list[int]], bounds: list[int]) -> list[tuple[list[int], bool]] | None:
+        """This backend's free decoding of each prompt under the same bound (none: no tokens), for a
+        constrained decoding to replay as far as the grammar allows it (BatchConstraint.replay) and go
+        on from there: where the free answer is allowed whole, the row costs no model call; elsewhere
+        its prefill covers the agreed tokens at once. It gives the answers decoding from the prompt
+        gives where a row's logits do not depend on the rows beside it, nor on whether its earlier
+        tokens were prefilled or decoded one at a time: the batch-invariant numerics (harness.numerics),
+        which the identity records. None without them, or where no prompt here was decoded freely."""
+        if self.identity.get("numerics") != "batch-invariant":
+            return None
+        free = [self._free_decodes.get((tuple(row), bound), ([], False))
+                for row, bound in zip(rows, bounds, strict=True)]
+        return free if any(tokens for tokens, _ in free) else None

@@ -15,14 +15,13 @@ import shutil
 import statistics
 import sys
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 from harness.atomic import staged_file, write_atomic
 from harness.environment import versions
 from harness.hashing import sha256_file
-from harness.models import ModelSpec, load_base_model, resolve_base
+from harness.models import ModelSpec, load_base_model, peft_quietly, resolve_base
 from harness.prompt import render_prompt
 from scenarios.records import read_cases
 from scenarios.splits import SplitSizes
@@ -167,8 +166,7 @@ def train(config: TrainConfig, out_dir: Path, data_dir: Path | None = None, resu
         model.enable_input_require_grads()
     lora = LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout,
                       target_modules=list(config.target_modules), task_type="CAUSAL_LM")
-    with warnings.catch_warnings():  # peft reads a property transformers 5 deprecated: noise to a user
-        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+    with peft_quietly():
         model = get_peft_model(model, lora)
     bits_dropout = config.bits_dropout and not torch.cuda.is_available()  # a GPU's own dropout is cheap
     if bits_dropout:

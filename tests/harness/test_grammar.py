@@ -4,6 +4,7 @@ even a random model can only write schema-valid JSON whose every value is in its
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -89,6 +90,30 @@ def test_grounded_refuses_what_the_note_does_not_say(tokenizer, constraint_token
     spaced_ids = tokenizer(spaced, add_special_tokens=False)["input_ids"]
     assert _refused_at(constraint_tokenizer, "schema", case, spaced_ids) is not None
 
+
+
+def test_a_free_answer_is_replayed_as_far_as_the_grammar_allows_it(tokenizer, constraint_tokenizer):
+    """Constrained decoding takes a free decoding as its own answer (BatchConstraint.replay) where the
+    grammar allows each of its tokens and then its stop; elsewhere it agrees up to the first token the
+    grammar forbids, and its matcher stands there for decoding to go on."""
+    case = SEED[0]
+    right = _answer_ids(tokenizer, case, "all")[:-1]  # without its <|im_end|>
+    invented = {**case.expected, "medicationStatement": [{"medication": "Metformine", "dose": None}]}
+    wrong = _answer_ids(tokenizer, replace(case, expected=invented), "all")[:-1]
+    forbidden = _refused_at(constraint_tokenizer, "grounded", case, wrong)
+    # the third stops before its JSON closes; the fourth ran to its bound without a stop
+    rows, stopped = [right, wrong, right[:-3], right], [True, True, True, False]
+    grounded = BatchConstraint.build(constraint_tokenizer, "grounded", [case.note] * 4, [10_000] * 4)
+    assert grounded.replay(rows, stopped) == [None, forbidden, len(right) - 3, len(right)]
+    assert (grounded.stats.replayed_rows, grounded.stats.replayed_tokens) == (1, 3 * len(right) - 3 + forbidden)
+    import torch
+
+    rest = grounded.rows([1])  # the invented drug's row, its matcher at the forbidden token
+    logits = torch.zeros(1, constraint_tokenizer.size)
+    rest.mask_([0], logits, [forbidden])
+    assert logits[0, wrong[forbidden]] == float("-inf") and logits[0, right[forbidden]] == 0
+    schema = BatchConstraint.build(constraint_tokenizer, "schema", [case.note] * 3, [10_000] * 3)
+    assert schema.replay(rows[:3], stopped[:3]) == [None, None, len(right) - 3]  # any value goes under `schema`
 
 def test_grammars_are_built_for_any_note():
     for note in ("", "!!!", '"\\', "<script>alert('x')</script>", "a" * 5000, "Ünïcödé 名前 🙂 55"):

@@ -245,3 +245,24 @@ def test_reference_adapter_under_each_decoding_in_nf4():
                        for g in ground_summary(json.loads(o.text), n))
     # Measured: 0.884 (Codeine came out as the span "Rx", a second "gastroenteritis" as a drug).
     assert f1["grounded"].metrics()["field_f1"] >= 0.85 and f1["grounded"].metrics()["grounded"] == 1.0
+
+
+@pytest.mark.slow
+def test_constrained_answers_replayed_from_free_ones_are_what_decoding_writes(adapter_copy):
+    """After a free run, a grounded answer the grammar allows whole is replayed, not decoded, and one
+    it forbids somewhere is decoded on from its last allowed token; either way it is, note for note,
+    the answer of a backend that never decoded freely. (Under `schema` this adapter's answers to
+    these notes are all replayed whole: the same path, tested in test_grammar.py.)"""
+    from scenarios.splits import generate_split
+
+    notes = [c.note for c in (*SEED, *generate_split("test", 8))]
+    settings = GenerationSettings(decoding="grounded")
+    after_free = HFBackend(ModelSpec(quantization="nf4", adapter=str(adapter_copy)))
+    free = after_free.generate(notes, GenerationSettings())
+    replayed = after_free.generate(notes, settings)
+    fresh = HFBackend(ModelSpec(quantization="nf4", adapter=str(adapter_copy))).generate(notes, settings)
+    assert [(g.text, g.stopped, g.error) for g in replayed] == [(g.text, g.stopped, g.error) for g in fresh]
+    stats = after_free.constraint_stats
+    whole = [g.new_tokens for g, f in zip(replayed, free, strict=True) if g.text == f.text and f.stopped]
+    assert 0 < stats.replayed_rows == len(whole) < len(notes)
+    assert stats.replayed_tokens > sum(whole)  # and some answers went on from a shared beginning
