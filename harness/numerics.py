@@ -17,6 +17,10 @@ Batched greedy decoding gave different outputs for some notes than decoding them
    on the batch's width: the prompt's last token goes through a decode step instead (harness.decoding).
 
 Everything else in the model (norms, rotary embeddings, activations) works row by row already.
+The same two fixes make a token's logits the same whether the tokens before it were prefilled
+together or decoded one at a time (products of any number of rows, attention over any number of
+keys), which lets a constrained decoding go on from the beginning it shares with a free one
+(harness.models, HFBackend._free_decodes_of; 0 of 238 answers differed, README).
 """
 
 from __future__ import annotations
