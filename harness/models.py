@@ -25,7 +25,7 @@ from harness.errors import AdapterError, InputError, ModelNotFoundError
 from harness.grammar import DECODINGS, GRAMMAR_VERSION, Decoding
 from harness.hashing import folder_weights_sha256, sha256_file, sha256_text
 from harness.nf4_grid import prepared_name
-from harness.numerics import numerics, pin_reproducible_blas, register_attention
+from harness.numerics import nf4_kernel, numerics, pin_reproducible_blas, register_attention
 from harness.prompt import PROMPTS, Prompt, render_prompt
 from harness.schema import dumps, empty_summary
 from harness.settings import cache_root
@@ -393,6 +393,7 @@ class HFBackend:
             "dtype": spec.dtype,
             "merged": spec.merge_adapter,
             "numerics": numerics(self.model, spec.attn_implementation),
+            **({"nf4_kernel": nf4_kernel(self.model)} if spec.quantization == "nf4" else {}),
             **({"base_grid": "nf4"} if self.resolved.nf4_grid else {}),
         })
         self.load_seconds = time.perf_counter() - t0

@@ -77,3 +77,17 @@ def numerics(model, attn_implementation: str | None) -> str:
     cache key): 'batch-invariant' when it runs float64 attention and the products are shape-independent."""
     invariant = attn_implementation is None and blas_is_batch_invariant(model.device)
     return "batch-invariant" if invariant else "batch-dependent"
+
+
+def nf4_kernel(model) -> str:
+    """Which arithmetic a loaded model's NF4 layers run for generation, recorded in its identity beside
+    `numerics` so a cache shared between machines never serves one path's outputs for the other:
+    bitsandbytes 0.50 multiplies on a CPU with avx512_bf16 through a fused kernel that rounds the
+    activations to bfloat16, and on any other CPU in float32 on dequantised weights (11 of the
+    reference adapter's 119 answers differ between the two, README). Elsewhere: the device's type."""
+    import bitsandbytes as bnb
+
+    if model.device.type != "cpu":
+        return model.device.type
+    fused = any(m.support_avx512bf16_for_cpu for m in model.modules() if isinstance(m, bnb.nn.Linear4bit))
+    return "cpu-bf16-fused" if fused else "cpu-fp32-dequantised"

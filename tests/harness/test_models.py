@@ -181,6 +181,34 @@ def test_nf4_outputs_do_not_depend_on_the_batch(adapter_copy):
 
 
 @pytest.mark.slow
+def test_nf4_identity_names_the_cpu_kernel_that_ran(adapter_copy, monkeypatch):
+    """bitsandbytes computes NF4 on a CPU with avx512_bf16 through a fused bfloat16 kernel and on any
+    other CPU in float32 on dequantised weights; the identity, and so every cache key, names the path
+    that really ran (the fused one repacks the weights on its first forward)."""
+    import bitsandbytes as bnb
+    from bitsandbytes.functional import has_avx512bf16
+
+    from harness.cache import cache_key
+
+    def packed(backend):
+        return any(getattr(m.weight.quant_state, "packing_format_for_cpu", False)
+                   for m in backend.model.modules() if isinstance(m, bnb.nn.Linear4bit))
+
+    here = HFBackend(ModelSpec(quantization="nf4", adapter=str(adapter_copy)))
+    monkeypatch.setattr(bnb.nn.modules, "has_avx512bf16", lambda: False)  # a CPU without avx512_bf16
+    without = HFBackend(ModelSpec(quantization="nf4", adapter=str(adapter_copy)))
+    settings = GenerationSettings(max_new_tokens=8)
+    for backend in (here, without):
+        backend.generate([SEED[0].note], settings)
+    assert without.identity["nf4_kernel"] == "cpu-fp32-dequantised" and not packed(without)
+    fused = has_avx512bf16()
+    assert here.identity["nf4_kernel"] == ("cpu-bf16-fused" if fused else "cpu-fp32-dequantised")
+    assert packed(here) == fused
+    keys = {cache_key(b.identity, SEED[0].note, settings.to_dict(), "v") for b in (here, without)}
+    assert len(keys) == (2 if fused else 1)
+
+
+@pytest.mark.slow
 def test_merged_adapter_matches_attached(adapter_copy):
     attached = HFBackend(ModelSpec(quantization="none", adapter=str(adapter_copy)))
     merged = HFBackend(ModelSpec(quantization="none", adapter=str(adapter_copy), merge_adapter=True))
