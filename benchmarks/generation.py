@@ -31,7 +31,8 @@ def measure(generator: Generator, notes: list[str]) -> dict:
     tokens = sum(r.generation.new_tokens for r in results)
     return {"seconds": round(seconds, 2), "notes_per_s": round(len(notes) / seconds, 3),
             "tokens": tokens, "tokens_per_s": round(tokens / seconds, 1),
-            "hit_bound": sum(not r.generation.stopped for r in results),
+            "hit_bound": sum(not (r.generation.stopped or r.generation.looped) for r in results),
+            "looped": sum(r.generation.looped for r in results),
             "outputs": [r.generation.text for r in results]}
 
 
@@ -72,10 +73,10 @@ def main() -> None:
         for w in ("float32", "NF4")
     }
     print(f"{'weights':8} {'mode':14} {'run':7} {'seconds':>8} {'notes/s':>9} {'tokens':>7} {'tokens/s':>9} "
-          f"{'hit bound':>9}")
+          f"{'hit bound':>9} {'looped':>6}")
     for r in rows:
         print(f"{r['weights']:8} {r['mode']:14} {r['run']:7} {r['seconds']:8.2f} {r['notes_per_s']:9.3f} "
-              f"{r['tokens']:7d} {r['tokens_per_s']:9.1f} {r['hit_bound']:9d}")
+              f"{r['tokens']:7d} {r['tokens_per_s']:9.1f} {r['hit_bound']:9d} {r['looped']:6d}")
     for k, v in speedups.items():
         print(f"{k}: {v}x")
     for k, v in agree.items():

@@ -25,6 +25,7 @@ class Outcome:
     stopped: bool
     score: CaseScore
     verdicts: dict[str, Verdict]
+    looped: bool = False  # the model repeated itself and was stopped there (harness.decoding.repeats)
 
     @property
     def passed(self) -> bool:
@@ -35,15 +36,23 @@ class Outcome:
             "id": self.case.id, "note": self.case.note, "tags": list(self.case.tags),
             "expected": self.case.expected, "output": self.output, "error": self.error,
             "seconds": round(self.seconds, 3), "cached": self.cached, "stopped": self.stopped,
-            "passed": self.passed, "f1": self.score.f1,
+            "looped": self.looped, "passed": self.passed, "f1": self.score.f1,
             "checks": {k: {"ok": v.ok, "reason": "" if v.ok else v.reason} for k, v in self.verdicts.items()},
         }
 
 
 def evaluate_output(case: Case, output: str | None, error: str | None = None, seconds: float = 0.0,
-                    cached: bool = False, stopped: bool = True) -> Outcome:
+                    cached: bool = False, stopped: bool = True, looped: bool = False) -> Outcome:
     score = score_case(output if output is not None else "", case.expected, case.note)
-    return Outcome(case, output, error, seconds, cached, stopped, score, run_checks(score))
+    return Outcome(case, output, error, seconds, cached, stopped, score, run_checks(score), looped)
+
+
+def evaluate_result(case: Case, res: Result) -> Outcome:
+    """A generator's result for `case` (no generation: its error) scored."""
+    gen = res.generation
+    if gen is None:
+        return evaluate_output(case, None, res.error, stopped=False)
+    return evaluate_output(case, gen.text, res.error, gen.seconds, gen.cached, gen.stopped, gen.looped)
 
 
 @dataclass(frozen=True)
@@ -126,10 +135,7 @@ class Evaluation:
             run.error = str(exc)
             return run
         for case, res in zip(self.scenarios, results, strict=True):
-            gen = res.generation
-            run.outcomes[case.id] = evaluate_output(
-                case, gen.text if gen else None, res.error, gen.seconds if gen else 0.0,
-                bool(gen and gen.cached), bool(gen and gen.stopped))
+            run.outcomes[case.id] = evaluate_result(case, res)
         run.seconds = time.perf_counter() - t0
         return run
 
@@ -147,9 +153,7 @@ class Evaluation:
         run = self._loaded(role)
         res = run.drawn.get(case.note) or run.generator.run([case.note])[0]
         run.drawn[case.note] = res
-        gen = res.generation
-        return evaluate_output(case, gen.text if gen else None, res.error, gen.seconds if gen else 0.0,
-                               bool(gen and gen.cached), bool(gen and gen.stopped))
+        return evaluate_result(case, res)
 
     def _loaded(self, role: str) -> RoleRun:
         run = self.run(role)

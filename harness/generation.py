@@ -46,7 +46,8 @@ class Generator:
             entry = self.cache.get(self.key(note)) if self.cache else None
             if entry is not None:
                 gen = Generation(text=entry["text"], seconds=entry["seconds"], new_tokens=entry["new_tokens"],
-                                 stopped=entry["stopped"], cached=True, error=entry.get("error"))
+                                 stopped=entry["stopped"], cached=True, error=entry.get("error"),
+                                 looped=entry.get("looped", False))
                 results[i] = Result(note, gen, gen.error)
             elif not note.strip():
                 results[i] = Result(note, None, "the note is empty")
@@ -76,5 +77,5 @@ class Generator:
         for note, gen in zip(notes, gens, strict=True):
             if self.cache and not gen.transient:
                 self.cache.put(self.key(note), {"text": gen.text, "seconds": gen.seconds, "new_tokens": gen.new_tokens,
-                                                "stopped": gen.stopped, "error": gen.error})
+                                                "stopped": gen.stopped, "error": gen.error, "looped": gen.looped})
         return [Result(note, gen, gen.error) for note, gen in zip(notes, gens, strict=True)]

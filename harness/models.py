@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol, get_args
 
 from harness.constraint import BatchConstraint, ConstraintStats, ConstraintTokenizer, close_reserve
-from harness.decoding import DECODER, Decoded, greedy_decode
+from harness.decoding import DECODER, LOOP, Decoded, greedy_decode, whitespace_tokens
 from harness.embedded import EMBEDDED_NAME, converted_gguf, embedded_gguf
 from harness.errors import AdapterError, InputError, ModelNotFoundError
 from harness.grammar import DECODINGS, GRAMMAR_VERSION, Decoding
@@ -117,11 +117,12 @@ class Generation:
     text: str
     seconds: float  # wall time of the batch this output came from, shared out per output
     new_tokens: int
-    stopped: bool  # ended at the end-of-turn token (False: hit max_new_tokens, a loop)
+    stopped: bool  # ended at the end-of-turn token (False: hit max_new_tokens, or repeated itself)
     cached: bool = False
     error: str | None = None  # why this note has no usable output (a constrained decode that could not finish)
     transient: bool = False  # the error may not recur (a timeout, a refused connection): never cached
     prompt_tokens: int | None = None  # where the backend counts them (served models report usage with them)
+    looped: bool = False  # it repeated itself and was stopped there (constrained: closed from there)
 
 
 class Backend(Protocol):
@@ -418,9 +419,10 @@ class HFBackend:
         self.skeleton_tokens = len(self.tokenizer(dumps(empty_summary()))["input_ids"])
         self._template_tokens: dict[str, int] = {}
         self._constraint_tokenizer = None  # built on the first constrained batch (about a second)
+        self._whitespace: frozenset[int] | None = None  # built on the first batch (a third of a second)
         self._free_decodes: OrderedDict[tuple[tuple[int, ...], int], tuple[list[int], bool]] = OrderedDict()
         self.constraint_stats = ConstraintStats()
-        self.identity = {**identity, "answer_bound": list(ANSWER_BOUND), "decoder": DECODER}
+        self.identity = {**identity, "answer_bound": list(ANSWER_BOUND), "decoder": DECODER, "loop": list(LOOP)}
 
     def max_new_tokens(self, prompt_tokens: int, settings: GenerationSettings) -> int:
         """Every value in a summary is copied from the note, so an answer needs at most the schema's
@@ -482,6 +484,11 @@ class HFBackend:
             self._constraint_tokenizer = ConstraintTokenizer(self.tokenizer, self.stop_ids)
         return self._constraint_tokenizer
 
+    def whitespace_tokens(self) -> frozenset[int]:
+        if self._whitespace is None:
+            self._whitespace = whitespace_tokens(self.tokenizer)
+        return self._whitespace
+
     def _generate_batch(self, notes: list[str], rows: list[list[int]],
                         settings: GenerationSettings) -> list[Generation]:
         t0 = time.perf_counter()
@@ -499,13 +506,14 @@ class HFBackend:
                 written, constraint = [free[i][0][:agreed[i]] for i in todo], constraint.rows(todo)
         if todo:
             decoded.update(zip(todo, greedy_decode(self.model, [rows[i] for i in todo], [limits[i] for i in todo],
-                                                   self.stop_ids, self.tokenizer.pad_token_id, constraint, written),
+                                                   self.stop_ids, self.tokenizer.pad_token_id,
+                                                   self.whitespace_tokens(), constraint, written),
                                strict=True))
         if not settings.constrained:
             self._keep_free_decodes(rows, bounds, decoded)
         seconds = (time.perf_counter() - t0) / len(rows)
         return [Generation(text=self.tokenizer.decode(d.tokens, skip_special_tokens=True), seconds=seconds,
-                           new_tokens=len(d.tokens), stopped=d.stopped, prompt_tokens=len(row),
+                           new_tokens=len(d.tokens), stopped=d.stopped, prompt_tokens=len(row), looped=d.looped,
                            error=d.error or (f"the constrained answer did not close within {limit} new tokens"
                                              if settings.constrained and not d.stopped else None))
                 for d, limit, row in zip((decoded[i] for i in range(len(rows))), limits, rows, strict=True)]

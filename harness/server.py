@@ -97,7 +97,7 @@ def create_app(models: Mapping[str, Backend], transcriber: Transcriber,
             except InputError as exc:
                 return _error(422, "too_long", f"{exc}. Shorten the note.")
             results[role] = {"output": gen.text, "seconds": round(seconds, 3), "stopped": gen.stopped,
-                             "error": gen.error,
+                             "looped": gen.looped, "error": gen.error,
                              **describe_output(gen.text, note)}
         return {"results": results}
 

@@ -1,13 +1,67 @@
-"""The greedy decoding loop on the real embedded model: same tokens as transformers' `generate`, per-row
-bounds, and finished rows leave the batch."""
+"""The greedy decoding loop: when an answer repeats itself (fast), and on the real embedded model (slow)
+the same tokens as transformers' `generate`, per-row bounds, finished rows leave the batch, and a
+looping row stops where it starts repeating."""
 
 import pytest
 
-from harness.decoding import greedy_decode
-from harness.models import HFBackend, ModelSpec
+from harness.decoding import LOOP, greedy_decode, repeats, whitespace_tokens
+from harness.models import GenerationSettings, HFBackend, ModelSpec
 from scenarios import SEED
 
-pytestmark = pytest.mark.slow
+SPACE, NEWLINE = frozenset({0}), 0
+
+
+@pytest.mark.parametrize("cycle", [1, 5, 11, 16, LOOP[0]])
+def test_a_cycle_repeats_once_its_copies_cover_the_least_run(cycle):
+    unit = list(range(100, 100 + cycle))
+    run = max((LOOP[2] - 1) * cycle, LOOP[1])
+    looping = [7, 8, 9] + unit * (run // cycle + 2)
+    first = next(n for n in range(len(looping) + 1) if repeats(looping[:n], SPACE))
+    assert first == 3 + run + cycle  # the first cycle, then `run` tokens that each match one cycle back
+    assert not repeats(looping[:first - 1], SPACE) and repeats(looping, SPACE)
+
+
+def test_a_cycle_longer_than_the_longest_or_broken_by_a_token_does_not_repeat():
+    assert not repeats(list(range(1, LOOP[0] + 2)) * 4, SPACE)
+    broken = [1, 2, 3] * 30
+    broken[-20] = 4
+    assert not repeats(broken, SPACE)
+
+
+def test_whitespace_in_a_cycle_is_left_out():
+    """A model that nests the same object deeper and deeper loops with a growing indent."""
+    nested, unit = [], [11, 12, 13, 14]
+    for depth in range(1, 20):
+        nested += [NEWLINE] * depth + unit
+    assert repeats(nested, SPACE) and not repeats([t + 1 for t in nested], frozenset())
+
+
+def test_no_true_answer_repeats_itself_however_it_is_tokenised():
+    """Every expected answer of the seed, curated, validation and test notes, tokenised as BPE writes it
+    and as split-quote training teaches it, is not cut at any point; five identical medications are."""
+    from transformers import AutoTokenizer
+
+    from harness.models import resolve_base
+    from scenarios import CURATED
+    from scenarios.splits import generate_split
+    from train.trainer import IGNORE, encode_example
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_base("embedded").folder)
+    ignored = whitespace_tokens(tokenizer)
+    assert tokenizer.encode(" ")[0] in ignored and tokenizer.encode("a")[0] not in ignored
+    cases = [*SEED, *CURATED, *generate_split("val", 50), *generate_split("test", 100)]
+    import json
+
+    for case in cases:
+        answer = json.dumps(case.expected, separators=(",", ":"))
+        for split in ("none", "all"):
+            example = encode_example(tokenizer, case.note, answer, split)
+            ids = [i for i, label in zip(example["input_ids"], example["labels"], strict=True) if label != IGNORE]
+            assert not any(repeats(ids[:n], ignored) for n in range(1, len(ids) + 1)), (case.id, split)
+    entry = '{"medication":"Paxlovid","dose":{"value":300,"unit":"mg"}}'
+    lists = {n: tokenizer.encode('{"medicationStatement":[' + ",".join([entry] * n) + "]}") for n in (4, 5)}
+    cut = {n: any(repeats(ids[:end], ignored) for end in range(1, len(ids) + 1)) for n, ids in lists.items()}
+    assert cut == {4: False, 5: True}
 
 
 @pytest.fixture(scope="module")
@@ -16,9 +70,33 @@ def backend():
 
 
 def decode(backend, rows, bounds):
-    return greedy_decode(backend.model, rows, bounds, backend.stop_ids, backend.tokenizer.pad_token_id)
+    return greedy_decode(backend.model, rows, bounds, backend.stop_ids, backend.tokenizer.pad_token_id,
+                         backend.whitespace_tokens())
 
 
+@pytest.mark.slow
+def test_a_looping_answer_stops_where_it_starts_repeating(backend):
+    """The base model given a note of one word repeated: the answer is what `generate` writes, cut where the
+    loop has run four times over, and says so; a true answer of the same batch is unaffected."""
+    import torch
+
+    note = "bed bed bed bed bed bed bed bed"
+    out = backend.generate([note, SEED[0].note], GenerationSettings())
+    rows = backend.encode([note])
+    bound = backend.max_new_tokens(len(rows[0]), GenerationSettings())
+    ref = backend.model.generate(
+        input_ids=torch.tensor(rows), attention_mask=torch.ones(1, len(rows[0]), dtype=torch.long),
+        max_new_tokens=bound, do_sample=False, eos_token_id=backend.stop_ids,
+        pad_token_id=backend.tokenizer.pad_token_id)[0, len(rows[0]):].tolist()
+    cut = decode(backend, rows, [bound])[0]
+    assert cut.looped and not cut.stopped and len(cut.tokens) < bound == len(ref)
+    assert ref[:len(cut.tokens)] == cut.tokens and repeats(ref, backend.whitespace_tokens())
+    assert out[0].looped and not out[0].stopped and out[0].new_tokens == len(cut.tokens)
+    assert backend.identity["loop"] == list(LOOP)
+    assert not out[1].looped and out[1].text == backend.generate([SEED[0].note], GenerationSettings())[0].text
+
+
+@pytest.mark.slow
 def test_matches_transformers_generate(backend):
     import torch
 
@@ -31,6 +109,7 @@ def test_matches_transformers_generate(backend):
         assert decode(backend, [row], [32])[0].tokens == [t for t in ref if t not in backend.stop_ids]
 
 
+@pytest.mark.slow
 def test_each_row_keeps_its_own_bound_and_its_alone_output(backend):
     rows = backend.encode([c.note for c in SEED[:3]])
     bounds = [4, 12, 24]
@@ -40,6 +119,7 @@ def test_each_row_keeps_its_own_bound_and_its_alone_output(backend):
         assert got.tokens == decode(backend, [row], [bound])[0].tokens
 
 
+@pytest.mark.slow
 def test_finished_rows_cost_no_further_compute(backend):
     """After the prefill (every prompt but its last token), every row in every forward pass yields a
     token that is kept or ends the row: a finished row is never computed again (transformers'

@@ -1,6 +1,7 @@
 """The generation cache and the cached, batched generator, over the scripted fake backend."""
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -82,3 +83,18 @@ def test_generation_record_is_frozen():
     g = Generation(text="x", seconds=0.1, new_tokens=1, stopped=True)
     with pytest.raises(AttributeError):
         g.text = "y"
+
+
+class Looping(FakeBackend):
+    """Says a note holding LOOP was cut where the model began repeating itself."""
+
+    def generate(self, notes, settings):
+        return [replace(g, stopped=False, looped=True) if "LOOP" in note else g
+                for note, g in zip(notes, super().generate(notes, settings), strict=True)]
+
+
+def test_a_looped_answer_says_so_when_read_back_from_the_cache(cache):
+    runs = [Generator(Looping(lambda n: "again"), cache=cache).run(["LOOP", "fine"]) for _ in range(2)]
+    for results in runs:
+        assert [(r.generation.looped, r.generation.stopped) for r in results] == [(True, False), (False, True)]
+    assert [r.generation.cached for r in runs[1]] == [True, True]

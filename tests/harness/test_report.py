@@ -47,6 +47,20 @@ def test_notes_and_outputs_are_escaped(tmp_path):
     assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;" in html and "&lt;b&gt;bold&lt;/b&gt;" in html
 
 
+def test_a_looped_answer_is_marked(tmp_path):
+    from harness.evaluation import evaluate_result
+    from harness.generation import Result
+    from harness.models import Generation
+
+    summary = _summary(tmp_path)
+    case = SEED[0]
+    looped = Generation(text="again again again", seconds=0.0, new_tokens=3, stopped=False, looped=True)
+    outcome = evaluate_result(case, Result(case.note, looped)).to_dict()
+    assert outcome["looped"] and not outcome["stopped"]
+    summary["roles"]["base:free"]["scenarios"][case.id].update(outcome)
+    assert render_report(summary).count("cut where the model began repeating itself") == 1
+
+
 def test_incomplete_run_is_marked(tmp_path):
     html = render_report(_summary(tmp_path, complete=False))
     assert 'id="incomplete"' in html
