@@ -1,9 +1,10 @@
 """A disk cache of generations, keyed on everything that decides an output.
 
 The key covers the model's identity (name, weights hash, adapter hash, quantisation, dtype, numerics,
-the NF4 kernel), the prompt and the generation settings, so a rerun of an unchanged suite generates nothing and a new
-adapter regenerates only its own outputs. Entries are written atomically; an entry that does not
-read back whole and matching its key is treated as a miss and overwritten, never trusted.
+the NF4 kernel, the decoder and its loop rule), the prompt and the generation settings, so a rerun of
+an unchanged suite generates nothing and a new adapter regenerates only its own outputs. Entries are
+written atomically; an entry that does not read back whole and matching its key is treated as a miss
+and overwritten, never trusted.
 """
 
 from __future__ import annotations
