@@ -5,6 +5,11 @@ same held-out notes: one-at-a-time versus batched, float32 versus NF4, and cold 
 rerun. Prints a table and writes JSON.
 
     .venv/bin/python benchmarks/generation.py --notes 32 --out reports/benchmark-generation.json
+
+`--nf4-arithmetic ROUNDS` measures instead NF4's arithmetic on this CPU, batched and cold, the
+arithmetics interleaved ROUNDS times (medians): weights dequantised once (the harness), dequantised on
+every call (bitsandbytes' path on a CPU without avx512_bf16: the same bits), and, on a CPU with
+avx512_bf16, bitsandbytes' fused bfloat16 kernel (which the harness turns off).
 """
 
 from __future__ import annotations
@@ -12,14 +17,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 from harness.cache import GenerationCache
 from harness.environment import versions
 from harness.generation import Generator
 from harness.models import GenerationSettings, HFBackend, ModelSpec
+from harness.numerics import dequantise_once
 from harness.settings import REFERENCE_ADAPTER
 from scenarios.splits import generate_split
 
@@ -36,14 +44,62 @@ def measure(generator: Generator, notes: list[str]) -> dict:
             "outputs": [r.generation.text for r in results]}
 
 
+def nf4_backends(adapter: str) -> dict[str, HFBackend]:
+    """The same model under each NF4 arithmetic this CPU can run, loaded side by side."""
+    from bitsandbytes.functional import has_avx512bf16
+
+    spec = ModelSpec(quantization="nf4", dtype="float32", adapter=adapter)
+    backends = {"dequantised once": HFBackend(spec)}
+    with mock.patch("harness.models.dequantise_once", lambda model: dequantise_once(model, memory_share=0)):
+        backends["dequantised per call"] = HFBackend(spec)
+    if has_avx512bf16():
+        with mock.patch("harness.models.dequantise_once"), mock.patch("harness.models._disable_bnb_cpu_packing"):
+            fused = HFBackend(spec)
+        assert fused.identity["nf4_kernel"] == "cpu-bf16-fused"
+        backends["bf16 fused kernel"] = fused
+    return backends
+
+
+def nf4_arithmetic(adapter: str, notes: list[str], batch_size: int, rounds: int) -> dict:
+    backends = nf4_backends(adapter)
+    settings = GenerationSettings(batch_size=batch_size)
+    runs: dict[str, list[dict]] = {name: [] for name in backends}
+    for _ in range(rounds):
+        for name, backend in backends.items():
+            with tempfile.TemporaryDirectory() as tmp:
+                runs[name].append(measure(Generator(backend, settings, cache=GenerationCache(Path(tmp))), notes))
+    once = runs["dequantised once"][0]["outputs"]
+    rows = [{"arithmetic": name, "seconds": [r["seconds"] for r in rs],
+             "median_tokens_per_s": statistics.median(r["tokens_per_s"] for r in rs),
+             "outputs_differing_from_once": sum(a != b for a, b in zip(rs[0]["outputs"], once, strict=True))}
+            for name, rs in runs.items()]
+    base = rows[0]["median_tokens_per_s"]
+    print(f"{'arithmetic':22} {'seconds, each round':24} {'tokens/s':>9} {'x once':>7} {'outputs differ':>15}")
+    for r in rows:
+        print(f"{r['arithmetic']:22} {', '.join(f'{s:.1f}' for s in r['seconds']):24} "
+              f"{r['median_tokens_per_s']:9.1f} {r['median_tokens_per_s'] / base:7.2f} "
+              f"{r['outputs_differing_from_once']:>9d} of {len(notes)}")
+    return {"rounds": rounds, "rows": rows}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--notes", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--adapter", default=str(REFERENCE_ADAPTER))
     parser.add_argument("--out", default="reports/benchmark-generation.json")
+    parser.add_argument("--nf4-arithmetic", type=int, metavar="ROUNDS", default=0,
+                        help="compare NF4's arithmetics on this CPU instead (see above), over ROUNDS rounds")
     args = parser.parse_args()
     notes = [c.note for c in generate_split("test", args.notes, seed=7)]
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if args.nf4_arithmetic:
+        result = nf4_arithmetic(args.adapter, notes, args.batch_size, args.nf4_arithmetic)
+        out.write_text(json.dumps({"notes": args.notes, "batch_size": args.batch_size, **result,
+                                   "cpus": os.cpu_count(), "versions": versions()}, indent=2))
+        print(f"wrote {out}")
+        return
     rows, outputs = [], {}
     for quantization, dtype in (("none", "float32"), ("nf4", "float32")):
         backend = HFBackend(ModelSpec(quantization=quantization, dtype=dtype, adapter=args.adapter))
@@ -81,8 +137,6 @@ def main() -> None:
         print(f"{k}: {v}x")
     for k, v in agree.items():
         print(f"{k}: {v}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"notes": args.notes, "batch_size": args.batch_size, "rows": rows,
                                "speedups": speedups, "outputs_agree": agree, "cpus": os.cpu_count(),
                                "versions": versions()}, indent=2))

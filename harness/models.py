@@ -25,7 +25,7 @@ from harness.errors import AdapterError, InputError, ModelNotFoundError
 from harness.grammar import DECODINGS, GRAMMAR_VERSION, Decoding
 from harness.hashing import folder_weights_sha256, sha256_file, sha256_text
 from harness.nf4_grid import prepared_name
-from harness.numerics import nf4_kernel, numerics, pin_reproducible_blas, register_attention
+from harness.numerics import dequantise_once, nf4_kernel, numerics, pin_reproducible_blas, register_attention
 from harness.prompt import PROMPTS, Prompt, render_prompt
 from harness.schema import dumps, empty_summary
 from harness.settings import cache_root
@@ -320,7 +320,7 @@ def load_base_model(spec: ModelSpec, resolved: ResolvedBase, for_training: bool 
         model.to(device)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    if for_training and spec.quantization == "nf4":
+    if spec.quantization == "nf4":
         _disable_bnb_cpu_packing(model)
     if not for_training:
         model.eval()
@@ -329,9 +329,11 @@ def load_base_model(spec: ModelSpec, resolved: ResolvedBase, for_training: bool 
 
 def _disable_bnb_cpu_packing(model) -> None:
     """bitsandbytes 0.50 repacks NF4 weights for its avx512-bf16 CPU kernel on the first eval-mode
-    forward, and unpacks them when state_dict() is taken (every checkpoint save); after that the
-    weights are garbage (measured: validation loss 2.03 -> 19.3). Training saves checkpoints after
-    evaluations, so it keeps the plain layout throughout."""
+    forward. Training must not let it: the weights are unpacked when state_dict() is taken (every
+    checkpoint save) and are garbage after that (measured: validation loss 2.03 -> 19.3). Generation
+    does not either: that kernel rounds the activations to bfloat16, so outputs would depend on
+    whether the CPU has avx512_bf16 and differ from the arithmetic the adapter was trained on
+    (harness.numerics.dequantise_once)."""
     import bitsandbytes as bnb
 
     for module in model.modules():
@@ -385,6 +387,8 @@ class HFBackend:
             check_adapter_base(adapter, self.resolved)
         self.tokenizer, model = load_base_model(spec, self.resolved)
         self.model = attach_adapter(model, spec, self.resolved, adapter) if adapter else model
+        if spec.quantization == "nf4":
+            dequantise_once(self.model)  # after a merge, which rewrites the NF4 weights
         self._prepare({
             "model": self.resolved.name,
             "weights_sha256": self.resolved.weights_sha256,

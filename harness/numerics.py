@@ -1,4 +1,6 @@
-"""Batch-invariant numerics: a note's output must not depend on the notes it shares a batch with.
+"""Generation's arithmetic: a note's output must depend neither on the notes it shares a batch with
+nor on the kind of CPU (NF4 runs in float32 on weights dequantised once, as training computes:
+`dequantise_once`). The rest of this docstring is about the batch.
 
 Batched greedy decoding gave different outputs for some notes than decoding them one at a time
 (benchmarks/batch_invariance.py measures how many), for two reasons, both found by comparing logits:
@@ -80,14 +82,51 @@ def numerics(model, attn_implementation: str | None) -> str:
 
 
 def nf4_kernel(model) -> str:
-    """Which arithmetic a loaded model's NF4 layers run for generation, recorded in its identity beside
-    `numerics` so a cache shared between machines never serves one path's outputs for the other:
-    bitsandbytes 0.50 multiplies on a CPU with avx512_bf16 through a fused kernel that rounds the
-    activations to bfloat16, and on any other CPU in float32 on dequantised weights (11 of the
-    reference adapter's 119 answers differ between the two, README). Elsewhere: the device's type."""
+    """Which arithmetic a loaded model's NF4 layers run, recorded in its identity beside `numerics` so
+    a generation cache never serves one arithmetic's outputs for another: on a CPU, float32 on
+    dequantised weights (the harness turns bitsandbytes' fused bfloat16 kernel off, see
+    `dequantise_once`; a model loaded elsewhere may still run it), on a GPU the device's kernels."""
     import bitsandbytes as bnb
 
     if model.device.type != "cpu":
         return model.device.type
     fused = any(m.support_avx512bf16_for_cpu for m in model.modules() if isinstance(m, bnb.nn.Linear4bit))
     return "cpu-bf16-fused" if fused else "cpu-fp32-dequantised"
+
+
+def dequantise_once(model, memory_share: float = 0.25) -> int:
+    """NF4 generation on a CPU computes as training does, whatever the CPU: in the compute dtype on
+    dequantised weights. bitsandbytes dequantises every weight again on every forward; the base is
+    frozen, so each NF4 layer here keeps its dequantised weight and multiplies by it, which gives the
+    same bits (bitsandbytes' own CPU path is that dequantisation followed by this `linear`) without the
+    dequantisation per token: 1.2x the tokens/s of that path on 2 cores, as fast as the fused
+    bfloat16 kernel of CPUs with avx512_bf16 (README). The dense copies take 4 bytes a weight in
+    float32 (0.42 GB for SmolLM2-135M); where they would take more than `memory_share` of the
+    machine's memory, bitsandbytes keeps dequantising per call: the same arithmetic, slower.
+    Returns the number of layers that keep a dense weight."""
+    import bitsandbytes as bnb
+    import torch
+
+    if model.device.type != "cpu":
+        return 0
+    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit) and not m.support_avx512bf16_for_cpu
+              and not m.weight.quant_state.nested]  # the harness never nests; a nested state stays with bnb
+    dtypes = [m.compute_dtype or torch.float32 for m in layers]
+    dense_bytes = sum(m.weight.quant_state.shape.numel() * d.itemsize for m, d in zip(layers, dtypes, strict=True))
+    if dense_bytes > memory_share * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"):
+        return 0
+    for module, dtype in zip(layers, dtypes, strict=True):
+        state = module.weight.quant_state
+        # bitsandbytes' own CPU path (its default gemm_4bit): dequantise to the compute dtype, then linear.
+        module.dense_weight = torch.ops.bitsandbytes.dequantize_4bit.default(
+            module.weight.data.view(-1, 1), state.absmax, state.blocksize, state.quant_type, state.shape, dtype)
+        module.forward = _dense_forward.__get__(module)
+    return len(layers)
+
+
+def _dense_forward(self, x):
+    """Linear4bit.forward with the weight dequantised once (see dequantise_once)."""
+    import torch
+
+    bias = None if self.bias is None else self.bias.to(self.dense_weight.dtype)
+    return torch.nn.functional.linear(x.to(self.dense_weight.dtype), self.dense_weight, bias).to(x.dtype)

@@ -181,31 +181,37 @@ def test_nf4_outputs_do_not_depend_on_the_batch(adapter_copy):
 
 
 @pytest.mark.slow
-def test_nf4_identity_names_the_cpu_kernel_that_ran(adapter_copy, monkeypatch):
-    """bitsandbytes computes NF4 on a CPU with avx512_bf16 through a fused bfloat16 kernel and on any
-    other CPU in float32 on dequantised weights; the identity, and so every cache key, names the path
-    that really ran (the fused one repacks the weights on its first forward)."""
+def test_nf4_on_any_cpu_computes_as_training_does(adapter_copy, monkeypatch):
+    """NF4 generation on a CPU runs in float32 on weights dequantised once, on a CPU with avx512_bf16
+    (where bitsandbytes would repack the weights for its fused bfloat16 kernel) and without: the same
+    bits as bitsandbytes' own dequantise-per-call path (what a machine too small for the dense copies
+    keeps), so one identity, cache key and output."""
     import bitsandbytes as bnb
-    from bitsandbytes.functional import has_avx512bf16
+    import torch
 
+    from harness import models
     from harness.cache import cache_key
-
-    def packed(backend):
-        return any(getattr(m.weight.quant_state, "packing_format_for_cpu", False)
-                   for m in backend.model.modules() if isinstance(m, bnb.nn.Linear4bit))
+    from harness.numerics import dequantise_once
 
     here = HFBackend(ModelSpec(quantization="nf4", adapter=str(adapter_copy)))
     monkeypatch.setattr(bnb.nn.modules, "has_avx512bf16", lambda: False)  # a CPU without avx512_bf16
-    without = HFBackend(ModelSpec(quantization="nf4", adapter=str(adapter_copy)))
+    monkeypatch.setattr(models, "dequantise_once", lambda model: dequantise_once(model, memory_share=0))
+    without = HFBackend(ModelSpec(quantization="nf4", adapter=str(adapter_copy)))  # dequantising per call
+    assert not any(hasattr(m, "dense_weight") for m in without.model.modules())
     settings = GenerationSettings(max_new_tokens=8)
-    for backend in (here, without):
-        backend.generate([SEED[0].note], settings)
-    assert without.identity["nf4_kernel"] == "cpu-fp32-dequantised" and not packed(without)
-    fused = has_avx512bf16()
-    assert here.identity["nf4_kernel"] == ("cpu-bf16-fused" if fused else "cpu-fp32-dequantised")
-    assert packed(here) == fused
-    keys = {cache_key(b.identity, SEED[0].note, settings.to_dict(), "v") for b in (here, without)}
-    assert len(keys) == (2 if fused else 1)
+    outputs = [[g.text for g in b.generate([SEED[0].note], settings)] for b in (here, without)]
+    assert outputs[0] == outputs[1]
+    assert here.identity["nf4_kernel"] == without.identity["nf4_kernel"] == "cpu-fp32-dequantised"
+    assert len({cache_key(b.identity, SEED[0].note, settings.to_dict(), "v") for b in (here, without)}) == 1
+    layers = [m for m in here.model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert len(layers) == 7 * here.model.config.num_hidden_layers
+    assert not any(getattr(m.weight.quant_state, "packing_format_for_cpu", False) for m in layers)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for layer in layers[:7]:  # q, k, v, o, gate, up, down: every shape
+            assert hasattr(layer, "dense_weight")
+            x = torch.randn(3, 5, layer.in_features, generator=gen)
+            assert torch.equal(layer(x), bnb.nn.Linear4bit.forward(layer, x))  # bitsandbytes' own path
 
 
 @pytest.mark.slow
