@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
+from harness.atomic import staged_folder
 from harness.errors import ModelNotFoundError
 from harness.hashing import memo_sha256
 
@@ -63,18 +62,13 @@ def converted_gguf(gguf: Path, cache_dir: Path) -> Path:
         plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     plain.load_state_dict(gguf_model.state_dict(), assign=True)
     plain.tie_weights()
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".converting-"))
     try:
-        plain.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / "sunrise-source.json").write_text(
-            json.dumps({"gguf": str(gguf), "sha256": digest, "name": config.name_or_path}, indent=2))
-        try:
-            tmp.rename(folder)
-        except OSError:  # another process finished first; its folder is as good as ours
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        with staged_folder(folder) as tmp:
+            plain.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            (tmp / "sunrise-source.json").write_text(
+                json.dumps({"gguf": str(gguf), "sha256": digest, "name": config.name_or_path}, indent=2))
+    except OSError:  # another process finished first: its folder is as good as ours
+        if not (folder / "sunrise-source.json").is_file():
+            raise
     return folder
