@@ -94,7 +94,7 @@ def nf4_kernel(model) -> str:
     return "cpu-bf16-fused" if fused else "cpu-fp32-dequantised"
 
 
-def dequantise_once(model, memory_share: float = 0.25) -> int:
+def dequantise_once(model, memory_share: float = 0.25) -> None:
     """NF4 generation on a CPU computes as training does, whatever the CPU: in the compute dtype on
     dequantised weights. bitsandbytes dequantises every weight again on every forward; the base is
     frozen, so each NF4 layer here keeps its dequantised weight and multiplies by it, which gives the
@@ -102,26 +102,26 @@ def dequantise_once(model, memory_share: float = 0.25) -> int:
     dequantisation per token: 1.2x the tokens/s of that path on 2 cores, as fast as the fused
     bfloat16 kernel of CPUs with avx512_bf16 (README). The dense copies take 4 bytes a weight in
     float32 (0.42 GB for SmolLM2-135M); where they would take more than `memory_share` of the
-    machine's memory, bitsandbytes keeps dequantising per call: the same arithmetic, slower.
-    Returns the number of layers that keep a dense weight."""
+    machine's memory, bitsandbytes keeps dequantising per call: the same arithmetic, slower."""
     import bitsandbytes as bnb
     import torch
 
     if model.device.type != "cpu":
-        return 0
-    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit) and not m.support_avx512bf16_for_cpu
-              and not m.weight.quant_state.nested]  # the harness never nests; a nested state stays with bnb
-    dtypes = [m.compute_dtype or torch.float32 for m in layers]
-    dense_bytes = sum(m.weight.quant_state.shape.numel() * d.itemsize for m, d in zip(layers, dtypes, strict=True))
+        return
+    # A layer left on the fused kernel keeps it, so `nf4_kernel` stays true; the harness never nests
+    # quantisation states, and a nested one stays with bitsandbytes.
+    layers = [(m, m.compute_dtype or torch.float32) for m in model.modules()
+              if isinstance(m, bnb.nn.Linear4bit) and not m.support_avx512bf16_for_cpu
+              and not m.weight.quant_state.nested]
+    dense_bytes = sum(m.weight.quant_state.shape.numel() * dtype.itemsize for m, dtype in layers)
     if dense_bytes > memory_share * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"):
-        return 0
-    for module, dtype in zip(layers, dtypes, strict=True):
+        return
+    for module, dtype in layers:
         state = module.weight.quant_state
         # bitsandbytes' own CPU path (its default gemm_4bit): dequantise to the compute dtype, then linear.
         module.dense_weight = torch.ops.bitsandbytes.dequantize_4bit.default(
             module.weight.data.view(-1, 1), state.absmax, state.blocksize, state.quant_type, state.shape, dtype)
         module.forward = _dense_forward.__get__(module)
-    return len(layers)
 
 
 def _dense_forward(self, x):
