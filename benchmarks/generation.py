@@ -10,6 +10,9 @@ rerun. Prints a table and writes JSON.
 arithmetics interleaved ROUNDS times (medians): weights dequantised once (the harness), dequantised on
 every call (bitsandbytes' path on a CPU without avx512_bf16: the same bits), and, on a CPU with
 avx512_bf16, bitsandbytes' fused bfloat16 kernel (which the harness turns off).
+
+`--kv-cache ROUNDS` measures the decoding loop's KV cache (harness.kv_cache) against transformers'
+DynamicCache, for the base and the tuned model, cold and interleaved the same way.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import os
 import statistics
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from unittest import mock
 
@@ -61,24 +65,57 @@ def nf4_backends(adapter: str) -> dict[str, HFBackend]:
 
 
 def nf4_arithmetic(adapter: str, notes: list[str], batch_size: int, rounds: int) -> dict:
-    backends = nf4_backends(adapter)
     settings = GenerationSettings(batch_size=batch_size)
-    runs: dict[str, list[dict]] = {name: [] for name in backends}
+    runs = {name: partial(run_cold, backend, settings, notes) for name, backend in nf4_backends(adapter).items()}
+    return interleaved(runs, rounds, "arithmetic", len(notes))
+
+
+def kv_caches(adapter: str, notes: list[str], batch_size: int, rounds: int) -> dict:
+    """The decoding loop's KV cache (harness.kv_cache) against transformers' DynamicCache, for the base
+    model (long answers, most cut where they loop) and the tuned one, on NF4."""
+    from transformers import DynamicCache
+
+    settings = GenerationSettings(batch_size=batch_size or None)
+
+    def dynamic(backend: HFBackend) -> dict:
+        with mock.patch("harness.kv_cache.growing_cache", lambda model: DynamicCache(config=model.config)):
+            return run_cold(backend, settings, notes)
+
+    runs = {}
+    for model, adapter_ in (("base", None), ("tuned", adapter)):
+        backend = HFBackend(ModelSpec(quantization="nf4", dtype="float32", adapter=adapter_))
+        runs[f"{model}: growing (harness)"] = partial(run_cold, backend, settings, notes)
+        runs[f"{model}: DynamicCache"] = partial(dynamic, backend)
+    return interleaved(runs, rounds, "model: KV cache", len(notes))
+
+
+def run_cold(backend: HFBackend, settings: GenerationSettings, notes: list[str]) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        return measure(Generator(backend, settings, cache=GenerationCache(Path(tmp))), notes)
+
+
+def interleaved(runs: dict, rounds: int, label: str, notes: int) -> dict:
+    """Each of `runs` (name: a cold run) once per round, `rounds` rounds, for a machine whose speed
+    drifts; medians, and each run's outputs against those of the first run of the same model (the
+    name's part before ':'; where names have none, the first run)."""
+    results: dict[str, list[dict]] = {name: [] for name in runs}
     for _ in range(rounds):
-        for name, backend in backends.items():
-            with tempfile.TemporaryDirectory() as tmp:
-                runs[name].append(measure(Generator(backend, settings, cache=GenerationCache(Path(tmp))), notes))
-    once = runs["dequantised once"][0]["outputs"]
-    rows = [{"arithmetic": name, "seconds": [r["seconds"] for r in rs],
-             "median_tokens_per_s": statistics.median(r["tokens_per_s"] for r in rs),
-             "outputs_differing_from_once": sum(a != b for a, b in zip(rs[0]["outputs"], once, strict=True))}
-            for name, rs in runs.items()]
-    base = rows[0]["median_tokens_per_s"]
-    print(f"{'arithmetic':22} {'seconds, each round':24} {'tokens/s':>9} {'x once':>7} {'outputs differ':>15}")
+        for name, run in runs.items():
+            results[name].append(run())
+    rows = []
+    for name, rs in results.items():
+        first = next(n for n in results if ":" not in name or n.split(":")[0] == name.split(":")[0])
+        reference = results[first][0]["outputs"]
+        rows.append({label: name, "seconds": [r["seconds"] for r in rs],
+                     "median_tokens_per_s": statistics.median(r["tokens_per_s"] for r in rs),
+                     "reference": first,
+                     "outputs_differing": sum(a != b for a, b in zip(rs[0]["outputs"], reference, strict=True))})
+    print(f"{label:28} {'seconds, each round':24} {'tokens/s':>9} {'x first':>7} {'outputs differ':>15}")
+    medians = {row[label]: row["median_tokens_per_s"] for row in rows}
     for r in rows:
-        print(f"{r['arithmetic']:22} {', '.join(f'{s:.1f}' for s in r['seconds']):24} "
-              f"{r['median_tokens_per_s']:9.1f} {r['median_tokens_per_s'] / base:7.2f} "
-              f"{r['outputs_differing_from_once']:>9d} of {len(notes)}")
+        print(f"{r[label]:28} {', '.join(f'{s:.1f}' for s in r['seconds']):24} "
+              f"{r['median_tokens_per_s']:9.1f} {r['median_tokens_per_s'] / medians[r['reference']]:7.2f} "
+              f"{r['outputs_differing']:>9d} of {notes}")
     return {"rounds": rounds, "rows": rows}
 
 
@@ -90,12 +127,16 @@ def main() -> None:
     parser.add_argument("--out", default="reports/benchmark-generation.json")
     parser.add_argument("--nf4-arithmetic", type=int, metavar="ROUNDS", default=0,
                         help="compare NF4's arithmetics on this CPU instead (see above), over ROUNDS rounds")
+    parser.add_argument("--kv-cache", type=int, metavar="ROUNDS", default=0,
+                        help="compare the KV caches instead (see above), over ROUNDS rounds; --batch-size 0: "
+                             "automatic, as the suite runs")
     args = parser.parse_args()
     notes = [c.note for c in generate_split("test", args.notes, seed=7)]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    if args.nf4_arithmetic:
-        result = nf4_arithmetic(args.adapter, notes, args.batch_size, args.nf4_arithmetic)
+    if args.nf4_arithmetic or args.kv_cache:
+        result = (nf4_arithmetic(args.adapter, notes, args.batch_size, args.nf4_arithmetic) if args.nf4_arithmetic
+                  else kv_caches(args.adapter, notes, args.batch_size, args.kv_cache))
         out.write_text(json.dumps({"notes": args.notes, "batch_size": args.batch_size, **result,
                                    "cpus": os.cpu_count(), "versions": versions()}, indent=2))
         print(f"wrote {out}")

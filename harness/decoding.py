@@ -77,6 +77,8 @@ def greedy_decode(model, rows: list[list[int]], bounds: list[int], stop_ids: lis
     towards its bound."""
     import torch
 
+    from harness.kv_cache import growing_cache
+
     device = model.device
     if written is not None:
         rows = [row + done for row, done in zip(rows, written, strict=True)]
@@ -108,7 +110,7 @@ def greedy_decode(model, rows: list[list[int]], bounds: list[int], stop_ids: lis
         # come from a strided slice of its hidden states, whose layout (and so the matrix product's
         # last bits) depends on the batch's width; a decode step's does not (harness.numerics).
         out = model(input_ids=input_ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1],
-                    use_cache=True, logits_to_keep=1)
+                    cache=growing_cache(model), use_cache=True, logits_to_keep=1)
         out = model(input_ids=input_ids[:, -1:], attention_mask=mask, position_ids=positions[:, -1:],
                     cache=out.cache, use_cache=True)
         cache = out.cache

@@ -1,6 +1,6 @@
 """The greedy decoding loop: when an answer repeats itself (fast), and on the real embedded model (slow)
-the same tokens as transformers' `generate`, per-row bounds, finished rows leave the batch, and a
-looping row stops where it starts repeating."""
+the same tokens as transformers' `generate`, per-row bounds, finished rows leave the batch, a looping
+row stops where it starts repeating, and the KV cache gives DynamicCache's logits."""
 
 import pytest
 
@@ -135,3 +135,44 @@ def test_finished_rows_cost_no_further_compute(backend):
     assert prefill == 3
     assert sum(steps) == sum(len(d.tokens) + d.stopped for d in out)
     assert steps[0] == 3 and steps[-1] == 1 and steps == sorted(steps, reverse=True)
+
+
+@pytest.mark.slow
+def test_the_growing_cache_gives_dynamic_caches_logits(backend):
+    """harness.kv_cache writes in place what transformers' DynamicCache concatenates: the same logits, to
+    the bit, over a left-padded prefill, decode steps that outgrow its buffer, and a row leaving the batch."""
+    import torch
+    from transformers import DynamicCache
+
+    from harness.kv_cache import GrowingLayer, growing_cache
+
+    rows = backend.encode([c.note for c in SEED[:3]])
+    width = max(len(r) for r in rows)
+    pad = backend.tokenizer.pad_token_id
+
+    def steps(cache):
+        ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        logits = []
+        with torch.inference_mode():
+            out = backend.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache,
+                                use_cache=True)
+            for step in range(width + 2):  # past twice the prefill's length: the buffer grows
+                logits.append(out.logits[:, -1])
+                chosen, positions = out.logits[:, -1].argmax(-1), positions[:, -1:] + 1
+                if step == 2:
+                    keep = torch.tensor([0, 2])
+                    cache.batch_select_indices(keep)
+                    mask, chosen, positions = mask[keep], chosen[keep], positions[keep]
+                mask = torch.cat([mask, mask.new_ones((len(mask), 1))], dim=-1)
+                out = backend.model(input_ids=chosen[:, None], attention_mask=mask, position_ids=positions,
+                                    cache=cache, use_cache=True)
+        return logits
+
+    grown = growing_cache(backend.model)
+    assert all(torch.equal(a, b) for a, b in zip(steps(DynamicCache(config=backend.model.config)), steps(grown),
+                                                  strict=True))
+    layer = grown.layers[0]
+    assert isinstance(layer, GrowingLayer) and layer.keys.dtype == backend.model.dtype
+    assert layer.get_seq_length() == 2 * width + 2 and layer._keys.shape[-2] > 2 * width
