@@ -68,6 +68,17 @@ class Decoded:
     looped: bool = False  # it repeated itself (`repeats`): stopped there, or, constrained, closed from there
 
 
+def left_padded(rows: list[list[int]], pad_id: int, device=None):
+    """`rows` (token ids) as one left-padded batch: input ids, attention mask and position ids."""
+    import torch
+
+    width = max(len(r) for r in rows)
+    input_ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in rows], device=device)
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
+    # Positions count real tokens only, as `generate` does, so a padded row decodes like an unpadded one.
+    return input_ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
+
+
 def greedy_decode(model, rows: list[list[int]], bounds: list[int], stop_ids: list[int], pad_id: int,
                   ignored: frozenset[int], constraint: BatchConstraint | None = None,
                   written: list[list[int]] | None = None) -> list[Decoded]:
@@ -82,11 +93,7 @@ def greedy_decode(model, rows: list[list[int]], bounds: list[int], stop_ids: lis
     device = model.device
     if written is not None:
         rows = [row + done for row, done in zip(rows, written, strict=True)]
-    width = max(len(r) for r in rows)
-    input_ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in rows], device=device)
-    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
-    # Positions count real tokens only, as `generate` does, so a padded row decodes like an unpadded one.
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    input_ids, mask, positions = left_padded(rows, pad_id, device)
     stops = set(stop_ids)
     tokens: list[list[int]] = [list(done) for done in written] if written is not None else [[] for _ in rows]
     stopped = [False] * len(rows)

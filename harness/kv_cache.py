@@ -34,8 +34,8 @@ class GrowingLayer(DynamicLayer):
             self.device, self.is_initialized = key_states.device, True
         end = self.length + key_states.shape[-2]
         if self._keys is None or end > self._keys.shape[-2]:
-            self._keys, self._values = self._grown(self._keys, key_states, end), self._grown(self._values,
-                                                                                               value_states, end)
+            self._keys = self._grown(self._keys, key_states, end)
+            self._values = self._grown(self._values, value_states, end)
         self._keys[:, :, self.length:end] = key_states
         self._values[:, :, self.length:end] = value_states
         self.length = end

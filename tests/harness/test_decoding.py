@@ -4,7 +4,7 @@ row stops where it starts repeating, and the KV cache gives DynamicCache's logit
 
 import pytest
 
-from harness.decoding import LOOP, greedy_decode, repeats, whitespace_tokens
+from harness.decoding import LOOP, greedy_decode, left_padded, repeats, whitespace_tokens
 from harness.models import GenerationSettings, HFBackend, ModelSpec
 from scenarios import SEED
 
@@ -148,12 +148,9 @@ def test_the_growing_cache_gives_dynamic_caches_logits(backend):
 
     rows = backend.encode([c.note for c in SEED[:3]])
     width = max(len(r) for r in rows)
-    pad = backend.tokenizer.pad_token_id
 
     def steps(cache):
-        ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
-        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        ids, mask, positions = left_padded(rows, backend.tokenizer.pad_token_id)
         logits = []
         with torch.inference_mode():
             out = backend.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache,
