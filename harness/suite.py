@@ -207,7 +207,8 @@ class Suite:
     def baseline_scenarios(self, variant: str) -> dict | None:
         """The baseline's per-scenario results of the same role and decoding (like with like), its
         recorded outputs scored again by today's checks, so a check added since the baseline was
-        recorded judges both runs alike. A summary written before numerics were variants ran every
+        recorded judges both runs alike; how each answer ended (stopped, looped) and its time stay as
+        recorded. A summary written before numerics were variants ran every
         role on its one `options.quantization`, and one written before decoding modes existed keys
         its free runs by role alone."""
         if not self.baseline:
@@ -223,7 +224,8 @@ class Suite:
                 entry = roles.get(f"{v.role}:{v.decoding}") or (roles.get(v.role) if v.decoding == "free" else None)
             self._rescored[variant] = None if entry is None else {
                 sid: evaluate_output(Case(sid, o["note"], o["expected"], tuple(o.get("tags", ()))), o["output"],
-                                     o.get("error")).to_dict()
+                                     o.get("error"), o.get("seconds", 0.0), o.get("cached", False),
+                                     o.get("stopped", True), o.get("looped", False)).to_dict()
                 for sid, o in entry["scenarios"].items()}
         return self._rescored[variant]
 

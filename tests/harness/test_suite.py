@@ -46,3 +46,15 @@ def test_a_baseline_pairs_like_with_like_across_numerics(tmp_path):
     assert (_answered(old_none, "tuned:free"), _answered(old_none, "tuned:free@none")) == (None, chatty)
     oldest = _suite(tmp_path, {"quantization": "nf4"}, {"tuned": good})  # before decoding modes: keyed by role
     assert _answered(oldest, "tuned:free") == good
+
+
+def test_rescoring_a_baseline_keeps_how_each_answer_ended(tmp_path):
+    path = tmp_path / "baseline.json"
+    looped = {"note": CASE.note, "expected": CASE.expected, "output": '{"resourceType": "x", "x": "x", "x"',
+              "stopped": False, "looped": True, "seconds": 4.5}
+    path.write_text(json.dumps({"options": {"quantizations": ["nf4"]}, "roles": {
+        "tuned:free": {"scenarios": {CASE.id: looped}}}}))
+    suite = Suite(SuiteOptions(adapter=None, scenario_sets=("seed",), decodings=("free",), baseline=path))
+    rescored = suite.baseline_scenarios("tuned:free")[CASE.id]
+    assert (rescored["stopped"], rescored["looped"], rescored["seconds"]) == (False, True, 4.5)
+    assert not rescored["passed"]  # scored again by today's checks
