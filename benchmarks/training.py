@@ -18,6 +18,7 @@ token passes through), the same for every lever.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -27,6 +28,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from unittest import mock
 
 STUDY = {"batch_size": 2, "grad_accum": 4}  # the study's micro-batch (a VRAM limit), the CPU default before
 
@@ -36,6 +38,9 @@ class Lever:
     overrides: dict  # TrainConfig overrides of the full profile
     env: dict = field(default_factory=dict)
     processes: int = 1  # > 1: data parallel under torchrun (gloo on a CPU)
+    # torch.compile the decoder stack (in place, dynamic shapes: batches differ in length). Not a training
+    # setting: measured no faster here, and the compile costs a minute or more (README, "Training throughput").
+    compile_decoder: bool = False
 
 
 # Cumulative, top to bottom, except where a comment says otherwise.
@@ -54,6 +59,8 @@ LEVERS: dict[str, Lever] = {
     # Two processes of one thread each (torchrun, gloo), 4 records each (the same effective batch of 8):
     # the cores split across records instead of inside each operation.
     "ddp-2x1": Lever({}, {"OMP_NUM_THREADS": "1"}, processes=2),
+    # The step time after the compile; wall_s shows what compiling the training and validation graphs cost.
+    "compile": Lever({}, compile_decoder=True),
     "unquantised": Lever({"quantization": "none"}),  # plain LoRA on the full-precision base
     "bf16": Lever({"quantization": "none", "precision": "bf16"}),  # and bf16 autocast, even without bf16 units
 }
@@ -79,7 +86,7 @@ def run_lever(name: str, data: Path, steps: int) -> dict | None:
     config = profile("full").override(max_steps=steps, eval_steps=10**6, check_numerics=False,
                                       **LEVERS[name].overrides)
     clock = StepClock()
-    with tempfile.TemporaryDirectory() as out:
+    with tempfile.TemporaryDirectory() as out, _compiled_decoder(LEVERS[name].compile_decoder):
         manifest = train(config, Path(out), data_dir=data, resume=False, callbacks=(clock,))
     if not manifest:  # a data-parallel process other than the first: the first one reports
         return None
@@ -89,8 +96,60 @@ def run_lever(name: str, data: Path, steps: int) -> dict | None:
                            + (f" x {manifest['hyperparameters']['processes']} processes"
                               if manifest["hyperparameters"]["processes"] > 1 else ""),
             "median_step_s": round(step, 2),
+            "wall_s": manifest["wall_seconds"],  # every step and the validation, compiling included
             "tokens_per_s": round(manifest["tokens_seen"] / manifest["steps"] / step, 1),
             "final_train_loss": manifest["final_train_loss"], "final_val_loss": manifest["final_val_loss"]}
+
+
+@contextlib.contextmanager
+def _compiled_decoder(on: bool):
+    """While on, the model train() wraps with LoRA has its decoder stack compiled in place (so the adapter's
+    weights keep their names)."""
+    if not on:
+        yield
+        return
+    import peft
+
+    original = peft.get_peft_model
+
+    def compiling(model, *args, **kwargs):
+        wrapped = original(model, *args, **kwargs)
+        wrapped.get_base_model().get_decoder().compile(dynamic=True)
+        return wrapped
+
+    with mock.patch("peft.get_peft_model", compiling):
+        yield
+
+
+def training_lengths(data: Path, split_quotes: str) -> list[int]:
+    """Each training record's length in tokens, as train() encodes it."""
+    from transformers import AutoTokenizer
+
+    from harness.models import resolve_base
+    from harness.schema import dumps
+    from scenarios.records import read_cases
+    from train.trainer import encode_example
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_base("embedded").folder)
+    return [encode_example(tokenizer, c.note, dumps(c.expected), split_quotes)["length"]
+            for c in read_cases(data / "train.jsonl")]
+
+
+def padding_share(lengths: list[int], micro_batch: int, grad_accum: int, seeds: range) -> float:
+    """The share of the tokens in the training micro-batches that are padding, with the batches the Trainer
+    draws (`group_by_length`: its LengthGroupedSampler over micro-batch x accumulation, in runs of that many
+    records, each cut into micro-batches): what padding-free packing could save at most. The median of
+    `seeds` epochs."""
+    import torch
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    shares = []
+    for seed in seeds:
+        order = list(LengthGroupedSampler(micro_batch * grad_accum, lengths=lengths,
+                                          generator=torch.Generator().manual_seed(seed)))
+        batches = [[lengths[i] for i in order[at:at + micro_batch]] for at in range(0, len(order), micro_batch)]
+        shares.append(1 - sum(map(sum, batches)) / sum(max(b) * len(b) for b in batches))
+    return statistics.median(shares)
 
 
 def _run_child(name: str, data: Path, steps: int) -> dict:
@@ -114,6 +173,9 @@ def main() -> None:
                         help="run every lever this many times, interleaved, and report the medians")
     parser.add_argument("--levers", default=",".join(LEVERS), help=f"comma-separated, of {', '.join(LEVERS)}")
     parser.add_argument("--out", default="reports/benchmark-training.json")
+    parser.add_argument("--padding", action="store_true",
+                        help="print the share of padding in the training micro-batches (what packing could save) "
+                             "for each micro-batch size and quote split, and exit")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # child mode: one lever, JSON out
     parser.add_argument("--data", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -121,6 +183,19 @@ def main() -> None:
         result = run_lever(args.one, Path(args.data), args.steps)
         if result:
             print("RESULT " + json.dumps(result))
+        return
+    if args.padding:
+        from scenarios.splits import SplitSizes
+        from train import write_dataset
+
+        with tempfile.TemporaryDirectory() as tmp:
+            write_dataset(Path(tmp), SplitSizes(train=450, val=0, test=0), seed=0)
+            for split in ("closers", "all"):
+                lengths = training_lengths(Path(tmp), split)
+                for micro, accum, how in ((4, 1, "4 in each of 2 processes"), (8, 1, "8 in one process"),
+                                          (2, 4, "2 x 4, the GPU recipe")):
+                    share = padding_share(lengths, micro, accum, range(5))
+                    print(f"split quotes {split:7}, micro-batches of {how}: {share:.2%} of the tokens are padding")
         return
     chosen = [name.strip() for name in args.levers.split(",")]
     unknown = [name for name in chosen if name not in LEVERS]
@@ -154,6 +229,7 @@ def main() -> None:
         r = {"lever": name, "overrides": lever.overrides, "env": lever.env, "processes": lever.processes,
              **each[0],  # the losses are the same every round
              "median_step_s": round(statistics.median(x["median_step_s"] for x in each), 2),
+             "wall_s": round(statistics.median(x["wall_s"] for x in each), 1),
              "tokens_per_s": round(statistics.median(x["tokens_per_s"] for x in each), 1),
              "tokens_per_s_each_round": [x["tokens_per_s"] for x in each]}
         r["bound_gflops"] = bound["bfloat16" if r["precision"] == "bf16" else "float32"]
@@ -162,6 +238,7 @@ def main() -> None:
         rows.append(r)
         print(f"{name:14} {r['precision']:5} {r['micro_batch']:6} step {r['median_step_s']:6.2f} s "
               f"{r['tokens_per_s']:6.1f} tokens/s {r['fraction_of_bound']:6.1%} of the {r['precision']} bound "
+              f"in {r['wall_s']:.0f} s "
               f"x{r['vs_today']:.2f}  loss {r['final_train_loss']:.4f} val {r['final_val_loss']:.4f}", flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"bound_gflops": bound, "model_flops_per_token": per_token,
