@@ -38,6 +38,11 @@ def _limit_word(metric: str) -> str:
     return ">" if metric in CEILINGS else "<"
 
 
+def _figure(metric: str, value: float) -> str:
+    """A rate to three decimals; a ceiling is a count (ungrounded values), written as one."""
+    return f"{value:g}" if metric in CEILINGS else f"{value:.3f}"
+
+
 # What the one-line comparison names, and how: the study's claim in the figures a person remembers.
 CLAIM = (("schema_valid", "schema valid"), ("field_f1", "field F1"), ("grounded", "grounded"))
 
@@ -66,12 +71,14 @@ def gate_lines(summary: dict) -> list[str]:
     for variant, v in gate["variants"].items():
         lines.append(f"  {variant}: {'passed' if v['passed'] else 'FAILED'}")
         for name, (value, limit) in v["threshold_misses"].items():
-            lines.append(f"    threshold missed: {name} = {value:.3f} {_limit_word(name)} {limit:.3f}")
+            lines.append(f"    threshold missed: {name} = {_figure(name, value)} {_limit_word(name)} "
+                         f"{_figure(name, limit)}")
         for name, (value, target) in v.get("targets_not_met", {}).items():
-            lines.append(f"    target not yet met (reported, not gating): {name} = {value:.3f} "
-                         f"{_limit_word(name)} target {target:.3f}")
+            lines.append(f"    target not yet met (reported, not gating): {name} = {_figure(name, value)} "
+                         f"{_limit_word(name)} target {_figure(name, target)}")
         for name, (tuned, base) in v["worse_than_base"].items():
-            lines.append(f"    worse than {v.get('base', 'base')}: {name} = {tuned:.3f} < {base:.3f}")
+            lines.append(f"    worse than {v.get('base', 'base')}: {name} = {_figure(name, tuned)} "
+                         f"{_limit_word(name)} {_figure(name, base)}")
         comp = v.get("comparison")
         if comp:
             lines.append(f"    vs baseline {gate['baseline']}: {comp['shared']} shared scenarios, "

@@ -7,7 +7,7 @@ import pytest
 from harness.diff import field_of, field_rows
 from harness.evaluation import Evaluation
 from harness.models import FakeBackend
-from harness.report import render_report, scenario_rows, taxonomy, write_index, write_report
+from harness.report import gate_lines, render_report, scenario_rows, taxonomy, write_index, write_report
 from harness.schema import dumps
 from harness.suite import Suite, SuiteOptions, write_summary
 from scenarios import CURATED, SEED
@@ -39,6 +39,16 @@ def test_report_has_headline_gate_and_every_scenario(tmp_path):
     assert html.count('class="scenario-row"') == 2 * (len(SEED) + len(CURATED))
     assert "invented key" in html and "symptoms" in html and "gate: FAILED" in html
     assert "<link" not in html and "http://" not in html.replace("http://www.w3.org", "")  # self-contained
+
+
+def test_gate_lines_write_rates_to_three_decimals_and_counts_as_counts():
+    summary = {"gate": {"passed": False, "baseline": None, "variants": {"tuned:free": {
+        "passed": False, "threshold_misses": {"field_f1": [0.7654, 0.79], "ungrounded_values": [90.0, 60.0]},
+        "targets_not_met": {"ungrounded_values": [90.0, 0.0]}, "worse_than_base": {}}}}}
+    lines = gate_lines(summary)
+    assert "    threshold missed: field_f1 = 0.765 < 0.790" in lines
+    assert "    threshold missed: ungrounded_values = 90 > 60" in lines
+    assert "    target not yet met (reported, not gating): ungrounded_values = 90 > target 0" in lines
 
 
 def test_notes_and_outputs_are_escaped(tmp_path):
