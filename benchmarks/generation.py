@@ -13,6 +13,10 @@ avx512_bf16, bitsandbytes' fused bfloat16 kernel (which the harness turns off).
 
 `--kv-cache ROUNDS` measures the decoding loop's KV cache (harness.kv_cache) against transformers'
 DynamicCache, for the base and the tuned model, cold and interleaved the same way.
+
+`--merge ROUNDS` measures the tuned model on NF4 with its adapter attached (the default) against the
+adapter merged into the weights dequantised once (`--merge-adapter`, harness.numerics.fold_adapter),
+cold and interleaved the same way.
 """
 
 from __future__ import annotations
@@ -89,6 +93,14 @@ def kv_caches(adapter: str, notes: list[str], batch_size: int, rounds: int) -> d
     return interleaved(runs, rounds, "model: KV cache", len(notes))
 
 
+def merged(adapter: str, notes: list[str], batch_size: int, rounds: int) -> dict:
+    settings = GenerationSettings(batch_size=batch_size or None)
+    runs = {how: partial(run_cold, HFBackend(ModelSpec(quantization="nf4", dtype="float32", adapter=adapter,
+                                                             merge_adapter=merge)), settings, notes)
+            for how, merge in (("adapter attached", False), ("adapter merged", True))}
+    return interleaved(runs, rounds, "NF4, the adapter", len(notes))
+
+
 def run_cold(backend: HFBackend, settings: GenerationSettings, notes: list[str]) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         return measure(Generator(backend, settings, cache=GenerationCache(Path(tmp))), notes)
@@ -130,13 +142,20 @@ def main() -> None:
     parser.add_argument("--kv-cache", type=int, metavar="ROUNDS", default=0,
                         help="compare the KV caches instead (see above), over ROUNDS rounds; --batch-size 0: "
                              "automatic, as the suite runs")
+    parser.add_argument("--merge", type=int, metavar="ROUNDS", default=0,
+                        help="compare the adapter attached and merged on NF4 instead (see above), over ROUNDS "
+                             "rounds; --batch-size 0: automatic")
     args = parser.parse_args()
     notes = [c.note for c in generate_split("test", args.notes, seed=7)]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    if args.nf4_arithmetic or args.kv_cache:
-        result = (nf4_arithmetic(args.adapter, notes, args.batch_size, args.nf4_arithmetic) if args.nf4_arithmetic
-                  else kv_caches(args.adapter, notes, args.batch_size, args.kv_cache))
+    if args.nf4_arithmetic or args.kv_cache or args.merge:
+        if args.nf4_arithmetic:
+            result = nf4_arithmetic(args.adapter, notes, args.batch_size, args.nf4_arithmetic)
+        elif args.kv_cache:
+            result = kv_caches(args.adapter, notes, args.batch_size, args.kv_cache)
+        else:
+            result = merged(args.adapter, notes, args.batch_size, args.merge)
         out.write_text(json.dumps({"notes": args.notes, "batch_size": args.batch_size, **result,
                                    "cpus": os.cpu_count(), "versions": versions()}, indent=2))
         print(f"wrote {out}")

@@ -43,7 +43,8 @@ def add_model_options(parser: argparse.ArgumentParser, adapter_help: str = "LoRA
     g.add_argument("--attn-implementation", default=None,
                    help="default: SDPA in float64, batch-invariant (harness/numerics.py); eager (old GPUs), sdpa")
     g.add_argument("--merge-adapter", action="store_true",
-                   help="merge the adapter in memory (needs --quantization none)")
+                   help="merge the adapter into the weights in memory: faster; with nf4, into the weights "
+                        "dequantised once (a CPU), not quantised again")
 
 
 def add_decoding_option(parser: argparse.ArgumentParser) -> None:

@@ -25,7 +25,14 @@ from harness.errors import AdapterError, InputError, ModelNotFoundError
 from harness.grammar import DECODINGS, GRAMMAR_VERSION, Decoding
 from harness.hashing import folder_weights_sha256, sha256_file, sha256_text
 from harness.nf4_grid import prepared_name
-from harness.numerics import dequantise_once, nf4_kernel, numerics, pin_reproducible_blas, register_attention
+from harness.numerics import (
+    dequantise_once,
+    fold_adapter,
+    nf4_kernel,
+    numerics,
+    pin_reproducible_blas,
+    register_attention,
+)
 from harness.prompt import PROMPTS, Prompt, render_prompt
 from harness.schema import dumps, empty_summary
 from harness.settings import cache_root
@@ -57,7 +64,9 @@ class ModelSpec:
     quantization: Quantization = "none"  # "nf4": 4-bit NF4 through bitsandbytes
     dtype: DType = "float32"  # compute dtype; float32 for GPUs without bf16 (GTX 10xx)
     attn_implementation: str | None = None  # None: SDPA in float64 (batch-invariant, harness.numerics); "eager", "sdpa"
-    merge_adapter: bool = False  # merge LoRA into the weights in memory (faster; not with nf4)
+    # Merge LoRA into the weights in memory (faster). Under nf4, into the weights dequantised once (a CPU),
+    # never quantised again (harness.numerics.fold_adapter).
+    merge_adapter: bool = False
     device: str | None = None  # None: cuda if available, else cpu
 
     def __post_init__(self):
@@ -65,8 +74,6 @@ class ModelSpec:
             raise ValueError(f"quantization must be one of {', '.join(QUANTIZATIONS)}, got {self.quantization!r}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
-        if self.merge_adapter and self.quantization == "nf4":
-            raise ValueError("merge_adapter needs unquantised weights; use quantization='none' to merge")
 
 
 @dataclass(frozen=True)
@@ -369,7 +376,7 @@ def attach_adapter(model, spec: ModelSpec, resolved: ResolvedBase, info: Adapter
     except Exception as exc:
         raise AdapterError(f"adapter {info.path} could not be attached to {resolved.name}: "
                            f"{exc.__class__.__name__}: {str(exc).splitlines()[0][:300]}") from None
-    if spec.merge_adapter:
+    if spec.merge_adapter and spec.quantization != "nf4":  # nf4: folded once dequantised (HFBackend)
         model = model.merge_and_unload()
     model.eval()
     return model
@@ -388,7 +395,12 @@ class HFBackend:
         self.tokenizer, model = load_base_model(spec, self.resolved)
         self.model = attach_adapter(model, spec, self.resolved, adapter) if adapter else model
         if spec.quantization == "nf4":
-            dequantise_once(self.model)  # after a merge, which rewrites the NF4 weights
+            dequantise_once(self.model)
+            if adapter and spec.merge_adapter:
+                try:
+                    self.model = fold_adapter(self.model)
+                except ValueError as exc:
+                    raise AdapterError(f"adapter {adapter.path}: {exc}") from None
         self._prepare({
             "model": self.resolved.name,
             "weights_sha256": self.resolved.weights_sha256,

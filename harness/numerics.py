@@ -124,6 +124,29 @@ def dequantise_once(model, memory_share: float = 0.25) -> None:
         module.forward = _dense_forward.__get__(module)
 
 
+def fold_adapter(model):
+    """The LoRA adapter of `model` (a peft model whose NF4 base was dequantised once) added into the
+    dense weights, and the LoRA layers removed: the same model with one product per linear instead of
+    four more small ones, scalings and additions per adapted linear (1.16x the tokens/s of the
+    reference adapter, 0 of 48 answers different, README). Not peft's merge, which quantises the
+    merged weight to NF4 again and so changes the model. Raises ValueError where a base layer has no
+    dense weight (a GPU, or too little memory for the copies)."""
+    import torch
+    from peft.tuners.lora import LoraLayer
+
+    layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
+    if not all(hasattr(m.get_base_layer(), "dense_weight") for m in layers):
+        raise ValueError("merging an adapter into NF4 weights needs them dequantised once, which the harness "
+                         "does only on a CPU with memory for the dense copies; use quantization 'none' to merge")
+    with torch.no_grad():
+        for layer in layers:
+            dense = layer.get_base_layer().dense_weight
+            for name in layer.active_adapters:
+                delta = layer.lora_B[name].weight.float() @ layer.lora_A[name].weight.float()
+                dense += (delta * layer.scaling[name]).to(dense.dtype)
+    return model.unload()
+
+
 def _dense_forward(self, x):
     """Linear4bit.forward with the weight dequantised once (see dequantise_once)."""
     import torch

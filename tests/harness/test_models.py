@@ -21,8 +21,6 @@ from scenarios import SEED
 def test_spec_validates_where_it_enters():
     with pytest.raises(ValueError, match="quantization"):
         ModelSpec(quantization="int3")
-    with pytest.raises(ValueError, match="merge_adapter"):
-        ModelSpec(quantization="nf4", merge_adapter=True)
     with pytest.raises(ValueError, match="max_new_tokens"):
         GenerationSettings(max_new_tokens=0)
 
@@ -221,6 +219,28 @@ def test_merged_adapter_matches_attached(adapter_copy):
     notes = [c.note for c in SEED[:2]]
     settings = GenerationSettings(max_new_tokens=40)
     assert [g.text for g in merged.generate(notes, settings)] == [g.text for g in attached.generate(notes, settings)]
+
+
+@pytest.mark.slow
+def test_an_adapter_merged_into_nf4_weights_dequantised_once_answers_as_attached(adapter_copy, monkeypatch):
+    """Under nf4 on a CPU, merging adds the adapter into the dense copies of the NF4 weights (never
+    quantised again): the LoRA layers are gone, the answers the same, and the identity says merged.
+    Where the weights are not dequantised once (a GPU, or no memory for the copies), it is a clear error."""
+    from peft.tuners.lora import LoraLayer
+
+    from harness import models
+    from harness.numerics import dequantise_once
+
+    attached = HFBackend(ModelSpec(quantization="nf4", adapter=str(adapter_copy)))
+    merged = HFBackend(ModelSpec(quantization="nf4", adapter=str(adapter_copy), merge_adapter=True))
+    assert not any(isinstance(m, LoraLayer) for m in merged.model.modules())
+    assert merged.identity["merged"] and not attached.identity["merged"]
+    notes = [c.note for c in SEED]
+    settings = GenerationSettings(max_new_tokens=64)
+    assert [g.text for g in merged.generate(notes, settings)] == [g.text for g in attached.generate(notes, settings)]
+    monkeypatch.setattr(models, "dequantise_once", lambda model: dequantise_once(model, memory_share=0))
+    with pytest.raises(AdapterError, match="needs them dequantised once"):
+        HFBackend(ModelSpec(quantization="nf4", adapter=str(adapter_copy), merge_adapter=True))
 
 
 @pytest.mark.slow
