@@ -149,13 +149,10 @@ def main() -> None:
     notes = [c.note for c in generate_split("test", args.notes, seed=7)]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    if args.nf4_arithmetic or args.kv_cache or args.merge:
-        if args.nf4_arithmetic:
-            result = nf4_arithmetic(args.adapter, notes, args.batch_size, args.nf4_arithmetic)
-        elif args.kv_cache:
-            result = kv_caches(args.adapter, notes, args.batch_size, args.kv_cache)
-        else:
-            result = merged(args.adapter, notes, args.batch_size, args.merge)
+    comparisons = {"nf4_arithmetic": nf4_arithmetic, "kv_cache": kv_caches, "merge": merged}  # option: its run
+    chosen = next((name for name in comparisons if getattr(args, name)), None)
+    if chosen:
+        result = comparisons[chosen](args.adapter, notes, args.batch_size, getattr(args, chosen))
         out.write_text(json.dumps({"notes": args.notes, "batch_size": args.batch_size, **result,
                                    "cpus": os.cpu_count(), "versions": versions()}, indent=2))
         print(f"wrote {out}")

@@ -152,6 +152,16 @@ def padding_share(lengths: list[int], micro_batch: int, grad_accum: int, seeds: 
     return statistics.median(shares)
 
 
+def print_padding(data: Path) -> None:
+    """The padding share for each quote split and each recipe's micro-batches (`--padding`)."""
+    for split in ("closers", "all"):
+        lengths = training_lengths(data, split)
+        for micro, accum, how in ((4, 1, "4 in each of 2 processes"), (8, 1, "8 in one process"),
+                                  (2, 4, "2 x 4, the GPU recipe")):
+            share = padding_share(lengths, micro, accum, range(5))
+            print(f"split quotes {split:7}, micro-batches of {how}: {share:.2%} of the tokens are padding")
+
+
 def _run_child(name: str, data: Path, steps: int) -> dict:
     """One lever in its own process (or processes, under torchrun)."""
     lever = LEVERS[name]
@@ -184,18 +194,13 @@ def main() -> None:
         if result:
             print("RESULT " + json.dumps(result))
         return
-    if args.padding:
-        from scenarios.splits import SplitSizes
-        from train import write_dataset
+    from scenarios.splits import SplitSizes
+    from train import write_dataset
 
+    if args.padding:
         with tempfile.TemporaryDirectory() as tmp:
             write_dataset(Path(tmp), SplitSizes(train=450, val=0, test=0), seed=0)
-            for split in ("closers", "all"):
-                lengths = training_lengths(Path(tmp), split)
-                for micro, accum, how in ((4, 1, "4 in each of 2 processes"), (8, 1, "8 in one process"),
-                                          (2, 4, "2 x 4, the GPU recipe")):
-                    share = padding_share(lengths, micro, accum, range(5))
-                    print(f"split quotes {split:7}, micro-batches of {how}: {share:.2%} of the tokens are padding")
+            print_padding(Path(tmp))
         return
     chosen = [name.strip() for name in args.levers.split(",")]
     unknown = [name for name in chosen if name not in LEVERS]
@@ -206,8 +211,6 @@ def main() -> None:
 
     from harness.environment import versions
     from harness.models import resolve_base
-    from scenarios.splits import SplitSizes
-    from train import write_dataset
     from train.throughput import flops_per_token, matmul_bound
 
     bound = {dtype: round(matmul_bound(dtype), 1) for dtype in ("float32", "bfloat16")}
