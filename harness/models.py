@@ -65,8 +65,9 @@ class ModelSpec:
     dtype: DType = "float32"  # compute dtype; float32 for GPUs without bf16 (GTX 10xx)
     attn_implementation: str | None = None  # None: SDPA in float64 (batch-invariant, harness.numerics); "eager", "sdpa"
     # Merge LoRA into the weights in memory (faster). Under nf4, into the weights dequantised once (a CPU),
-    # never quantised again (harness.numerics.fold_adapter).
-    merge_adapter: bool = False
+    # never quantised again (harness.numerics.fold_adapter); True where that cannot be done is an error,
+    # "auto" keeps the adapter attached there. The identity's "merged" says which was done.
+    merge_adapter: bool | Literal["auto"] = False
     device: str | None = None  # None: cuda if available, else cpu
 
     def __post_init__(self):
@@ -74,6 +75,8 @@ class ModelSpec:
             raise ValueError(f"quantization must be one of {', '.join(QUANTIZATIONS)}, got {self.quantization!r}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.merge_adapter not in (True, False, "auto"):
+            raise ValueError(f"merge_adapter must be True, False or 'auto', got {self.merge_adapter!r}")
 
 
 @dataclass(frozen=True)
@@ -394,13 +397,15 @@ class HFBackend:
             check_adapter_base(adapter, self.resolved)
         self.tokenizer, model = load_base_model(spec, self.resolved)
         self.model = attach_adapter(model, spec, self.resolved, adapter) if adapter else model
+        merged = bool(adapter and spec.merge_adapter and spec.quantization != "nf4")
         if spec.quantization == "nf4":
             dequantise_once(self.model)
             if adapter and spec.merge_adapter:
                 try:
-                    self.model = fold_adapter(self.model)
+                    self.model, merged = fold_adapter(self.model), True
                 except ValueError as exc:
-                    raise AdapterError(f"adapter {adapter.path}: {exc}") from None
+                    if spec.merge_adapter is True:
+                        raise AdapterError(f"adapter {adapter.path}: {exc}") from None
         self._prepare({
             "model": self.resolved.name,
             "weights_sha256": self.resolved.weights_sha256,
@@ -408,7 +413,7 @@ class HFBackend:
             "adapter_sha256": adapter.sha256 if adapter else None,
             "quantization": spec.quantization,
             "dtype": spec.dtype,
-            "merged": spec.merge_adapter,
+            "merged": merged,
             "numerics": numerics(self.model, spec.attn_implementation),
             **({"nf4_kernel": nf4_kernel(self.model)} if spec.quantization == "nf4" else {}),
             **({"base_grid": "nf4"} if self.resolved.nf4_grid else {}),

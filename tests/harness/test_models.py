@@ -21,6 +21,8 @@ from scenarios import SEED
 def test_spec_validates_where_it_enters():
     with pytest.raises(ValueError, match="quantization"):
         ModelSpec(quantization="int3")
+    with pytest.raises(ValueError, match="merge_adapter"):
+        ModelSpec(merge_adapter="yes")
     with pytest.raises(ValueError, match="max_new_tokens"):
         GenerationSettings(max_new_tokens=0)
 
@@ -225,7 +227,8 @@ def test_merged_adapter_matches_attached(adapter_copy):
 def test_an_adapter_merged_into_nf4_weights_dequantised_once_answers_as_attached(adapter_copy, monkeypatch):
     """Under nf4 on a CPU, merging adds the adapter into the dense copies of the NF4 weights (never
     quantised again): the LoRA layers are gone, the answers the same, and the identity says merged.
-    Where the weights are not dequantised once (a GPU, or no memory for the copies), it is a clear error."""
+    Where the weights are not dequantised once (a GPU, or no memory for the copies), it is a clear error,
+    and "auto" (what the suite asks for) keeps the adapter attached, as the identity says."""
     from peft.tuners.lora import LoraLayer
 
     from harness import models
@@ -241,6 +244,9 @@ def test_an_adapter_merged_into_nf4_weights_dequantised_once_answers_as_attached
     monkeypatch.setattr(models, "dequantise_once", lambda model: dequantise_once(model, memory_share=0))
     with pytest.raises(AdapterError, match="needs them dequantised once"):
         HFBackend(ModelSpec(quantization="nf4", adapter=str(adapter_copy), merge_adapter=True))
+    kept = HFBackend(ModelSpec(quantization="nf4", adapter=str(adapter_copy), merge_adapter="auto"))
+    assert any(isinstance(m, LoraLayer) for m in kept.model.modules()) and not kept.identity["merged"]
+    assert kept.identity == attached.identity
 
 
 @pytest.mark.slow
