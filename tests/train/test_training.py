@@ -88,7 +88,8 @@ def test_answer_only_logits_give_the_same_loss():
     rows = [{"input_ids": [5, 6, 7, 8, 9, 10], "labels": [IGNORE, IGNORE, IGNORE, IGNORE, 9, 10]},
             {"input_ids": [1, 2, 3, 4], "labels": [IGNORE, IGNORE, 3, 4]}]
     cut = PadCollator(pad_id=0, answer_logits=True)(rows)
-    assert cut["logits_to_keep"] == 5 and cut["labels"].shape == (2, 5)  # from the position before token 3 of row 2
+    # from the position before token 3 of row 2, as indices (a contiguous gather, not a strided slice)
+    assert cut["logits_to_keep"].tolist() == [1, 2, 3, 4, 5] and cut["labels"].shape == (2, 5)
     losses, grads = [], []
     for batch in (PadCollator(pad_id=0)(rows), cut):
         model.zero_grad()
