@@ -397,15 +397,16 @@ class HFBackend:
             check_adapter_base(adapter, self.resolved)
         self.tokenizer, model = load_base_model(spec, self.resolved)
         self.model = attach_adapter(model, spec, self.resolved, adapter) if adapter else model
-        merged = bool(adapter and spec.merge_adapter and spec.quantization != "nf4")
         if spec.quantization == "nf4":
             dequantise_once(self.model)
             if adapter and spec.merge_adapter:
                 try:
-                    self.model, merged = fold_adapter(self.model), True
+                    self.model = fold_adapter(self.model)
                 except ValueError as exc:
                     if spec.merge_adapter is True:
                         raise AdapterError(f"adapter {adapter.path}: {exc}") from None
+        # Merged (by peft or folded) leaves a plain model; "auto" may have kept the adapter attached.
+        merged = adapter is not None and not hasattr(self.model, "peft_config")
         self._prepare({
             "model": self.resolved.name,
             "weights_sha256": self.resolved.weights_sha256,

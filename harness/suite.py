@@ -174,7 +174,7 @@ def backend_factories(options: SuiteOptions) -> dict[str, Callable[[], Backend]]
             # answers differed) and costs less per token: 1.19x on NF4 (README, "Extracting"); attached
             # where it cannot be (NF4 on a GPU).
             spec = ModelSpec(base=options.base_model, quantization=quantization, adapter=adapter,
-                             merge_adapter="auto" if adapter else False)
+                             merge_adapter="auto")
             loaded[key] = load_backend(spec, options.http)
         return loaded[key]
 
