@@ -45,20 +45,29 @@ class Lever:
 
 # Cumulative, top to bottom, except where a comment says otherwise.
 TORCH_DROPOUT = {"bits_dropout": False}  # torch's own dropout, the default before bits-dropout
+UNFUSED = {"fused_head": False}  # transformers' LM head and loss over whole logits, the default before fused-head
+DDP = {"OMP_NUM_THREADS": "1"}
 LEVERS: dict[str, Lever] = {
     # The committed reference recipe as the harness ran it before: MKL pinned to strict mode on import.
-    "today": Lever({"answer_logits": False, **STUDY, **TORCH_DROPOUT}, {"MKL_CBWR": "AVX2,STRICT"}),
+    "today": Lever({"answer_logits": False, **STUDY, **TORCH_DROPOUT, **UNFUSED}, {"MKL_CBWR": "AVX2,STRICT"}),
     # Training no longer pins MKL (harness.numerics).
-    "mkl-auto": Lever({"answer_logits": False, **STUDY, **TORCH_DROPOUT}),
-    "answer-logits": Lever({**STUDY, **TORCH_DROPOUT}),  # the LM head on answer positions only (now the default)
-    "batch8": Lever(TORCH_DROPOUT),  # one micro-batch of 8 (now the CPU default)
-    "bits-dropout": Lever({}),  # LoRA dropout masks from random bits (train/dropout.py; now the CPU default)
-    # The rows below each change one thing in bits-dropout.
+    "mkl-auto": Lever({"answer_logits": False, **STUDY, **TORCH_DROPOUT, **UNFUSED}),
+    # the LM head on answer positions only (now the default)
+    "answer-logits": Lever({**STUDY, **TORCH_DROPOUT, **UNFUSED}),
+    "batch8": Lever({**TORCH_DROPOUT, **UNFUSED}),  # one micro-batch of 8 (now the CPU default)
+    # LoRA dropout masks from random bits (train/dropout.py; now the CPU default)
+    "bits-dropout": Lever(UNFUSED),
+    # The LM head and its loss over chunks of labelled positions (train/head_loss.py; now the default)
+    "fused-head": Lever({}),
+    # Two processes of one thread each (torchrun, gloo), 4 records each (the same effective batch of 8),
+    # before fused-head: what the main job and the full profile ran before it.
+    "ddp-2x1-unfused": Lever(UNFUSED, DDP, processes=2),
+    # The rows below each change one thing in fused-head.
     # fp32 even where precision auto picks bf16 (a CPU with bf16 units), to see which is faster.
     "fp32": Lever({"precision": "fp32"}),
     # Two processes of one thread each (torchrun, gloo), 4 records each (the same effective batch of 8):
     # the cores split across records instead of inside each operation.
-    "ddp-2x1": Lever({}, {"OMP_NUM_THREADS": "1"}, processes=2),
+    "ddp-2x1": Lever({}, DDP, processes=2),
     # The step time after the compile; wall_s shows what compiling the training and validation graphs cost.
     "compile": Lever({}, compile_decoder=True),
     "unquantised": Lever({"quantization": "none"}),  # plain LoRA on the full-precision base

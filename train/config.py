@@ -45,6 +45,9 @@ class TrainConfig:
     # model learns sooner: "all" is what taught the reference adapter to write null for a missing name.
     split_quotes: QuoteSplit = "all"
     answer_logits: bool = True  # LM head on answer positions only: same loss, less compute (benchmarks/training.py)
+    # The LM head and cross-entropy over chunks of labelled positions, the 49k-wide logits never whole
+    # (train/head_loss.py): the same loss, less memory traffic
+    fused_head: bool = True
     # LoRA dropout masks from random bits on a CPU: the same dropout, a cheaper mask (train/dropout.py)
     bits_dropout: bool = True
     gradient_checkpointing: bool = False  # saves GPU memory on large bases, costs ~30% speed

@@ -178,6 +178,10 @@ def train(config: TrainConfig, out_dir: Path, data_dir: Path | None = None, resu
         from train.dropout import use_bits_dropout
 
         use_bits_dropout(model)
+    if config.fused_head:
+        from train.head_loss import fuse_head_and_loss
+
+        fuse_head_and_loss(model.get_base_model())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
     def encode(cases):

@@ -101,6 +101,59 @@ def test_answer_only_logits_give_the_same_loss():
     assert torch.allclose(grads[0], grads[1], atol=1e-6)
 
 
+@pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16-autocast"])
+@pytest.mark.parametrize("items", [None, 5], ids=["mean", "num-items"])
+def test_fused_head_gives_transformers_loss_and_gradient(monkeypatch, autocast, items):
+    """The LM head and cross-entropy over chunks of labelled positions (train/head_loss.py): the loss and
+    the LoRA gradient of transformers' own head and loss, in several chunks, with the Trainer's
+    num_items_in_batch or without; under no_grad (validation) only the loss."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from train import head_loss
+
+    monkeypatch.setattr(head_loss, "CHUNK_VALUES", 3 * 40)  # chunks of 3 rows
+    rows = [{"input_ids": [5, 6, 7, 8, 9, 10, 11], "labels": [IGNORE, IGNORE, IGNORE, 8, 9, 10, 11]},
+            {"input_ids": [1, 2, 3, 4], "labels": [IGNORE, IGNORE, 3, 4]}]
+    batch = PadCollator(pad_id=0, answer_logits=True)(rows)
+    kwargs = {} if items is None else {"num_items_in_batch": torch.tensor(items)}
+    results = []
+    for fused in (False, True):
+        torch.manual_seed(0)
+        model = get_peft_model(LlamaForCausalLM(LlamaConfig(vocab_size=40, hidden_size=16, intermediate_size=32,
+                                                            num_hidden_layers=2, num_attention_heads=2,
+                                                            num_key_value_heads=1, tie_word_embeddings=True)),
+                               LoraConfig(r=4, target_modules=list(ATTENTION), init_lora_weights=False,
+                                          task_type="CAUSAL_LM"))
+        for name, p in model.named_parameters():
+            p.requires_grad_("lora_" in name)
+        if fused:
+            head_loss.fuse_head_and_loss(model.get_base_model())
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            loss = model(**batch, **kwargs).loss
+            with torch.no_grad():
+                held_out = model(**batch, **kwargs).loss
+        loss.backward()
+        grad = next(p.grad for n, p in model.named_parameters() if "layers.0" in n and "lora_A" in n)
+        results.append((loss.item(), held_out.item(), grad.clone()))
+    (loss, held_out, grad), (fused_loss, fused_held_out, fused_grad) = results
+    assert fused_loss == pytest.approx(loss, rel=1e-6) and fused_held_out == pytest.approx(held_out, rel=1e-6)
+    tolerance = 2e-2 if autocast else 1e-5  # bf16: the gradient's products round in another order
+    assert torch.allclose(fused_grad, grad, rtol=tolerance, atol=tolerance * grad.abs().max().item())
+
+
+def test_fused_head_refuses_a_trainable_head():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from train.head_loss import fuse_head_and_loss
+
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=40, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=1))
+    with pytest.raises(ValueError, match="frozen LM head"):
+        fuse_head_and_loss(model)
+
+
 def test_loraplus_gives_the_b_matrices_their_own_learning_rate():
     """LoRA+ (a measured lever, off in both profiles): B learns `loraplus_ratio` times as fast as A."""
     from peft import LoraConfig, get_peft_model
