@@ -31,6 +31,9 @@ def _non_negative(value: str) -> int:
     return n
 
 
+MERGE = {"auto": "auto", "always": True, "never": False}  # --merge-adapter: ModelSpec.merge_adapter
+
+
 def add_model_options(parser: argparse.ArgumentParser, adapter_help: str = "LoRA adapter folder") -> None:
     g = parser.add_argument_group("model")
     g.add_argument("--base-model", default="embedded",
@@ -42,9 +45,11 @@ def add_model_options(parser: argparse.ArgumentParser, adapter_help: str = "LoRA
                    help="compute dtype (float32 for GPUs without bf16)")
     g.add_argument("--attn-implementation", default=None,
                    help="default: SDPA in float64, batch-invariant (harness/numerics.py); eager (old GPUs), sdpa")
-    g.add_argument("--merge-adapter", action="store_true",
-                   help="merge the adapter into the weights in memory: faster; with nf4, into the weights "
-                        "dequantised once (a CPU), not quantised again")
+    g.add_argument("--merge-adapter", nargs="?", choices=tuple(MERGE), const="always", default="auto",
+                   help="merge the adapter into the weights in memory, as the suite judges it: faster, the same "
+                        "answers (with nf4, into the weights dequantised once, not quantised again). auto "
+                        "(default): wherever that can be done, else attached (nf4 on a GPU); always (the flag "
+                        "alone): an error where it cannot; never: attached")
 
 
 def add_decoding_option(parser: argparse.ArgumentParser) -> None:
@@ -59,7 +64,7 @@ def spec_from_args(args, adapter: str | None = None):
     from harness.models import ModelSpec
 
     return ModelSpec(base=args.base_model, adapter=adapter, quantization=args.quantization, dtype=args.dtype,
-                     attn_implementation=args.attn_implementation, merge_adapter=args.merge_adapter)
+                     attn_implementation=args.attn_implementation, merge_adapter=MERGE[args.merge_adapter])
 
 
 # --------------------------------------------------------------------------- dataset

@@ -43,6 +43,20 @@ def test_usage_errors_exit_2():
     assert exc.value.code == 2
 
 
+def test_extract_and_serve_merge_the_adapter_as_the_suite_does():
+    """--merge-adapter: auto by default (the suite's choice, so extract and serve answer from the model it
+    judged), the bare flag insists (an error where it cannot), never keeps the adapter attached."""
+    from harness.cli import build_parser, spec_from_args
+
+    parser = build_parser()
+    for command in ("extract", "serve"):
+        for argv, merge in (([], "auto"), (["--merge-adapter"], True), (["--merge-adapter", "never"], False),
+                            (["--merge-adapter", "always"], True)):
+            assert spec_from_args(parser.parse_args([command, *argv]), "A").merge_adapter == merge, (command, argv)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["extract", "--merge-adapter", "sometimes"])
+
+
 @pytest.mark.slow
 def test_extract_seed_notes_base_and_tuned(tmp_path):
     if not (REFERENCE_ADAPTER / "adapter_model.safetensors").is_file():
