@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import torch
 
-IGNORE = -100
+from train.trainer import IGNORE
+
 CHUNK_VALUES = 2**22  # logits per chunk (16 MB in float32): 85 rows of SmolLM2's vocabulary
 
 
