@@ -59,8 +59,7 @@ LEVERS: dict[str, Lever] = {
     "bits-dropout": Lever(UNFUSED),
     # The LM head and its loss over chunks of labelled positions (train/head_loss.py; now the default)
     "fused-head": Lever({}),
-    # Two processes of one thread each (torchrun, gloo), 4 records each (the same effective batch of 8),
-    # before fused-head: what the main job and the full profile ran before it.
+    # ddp-2x1 (below) without fused-head: what the main job and the full profile ran before it.
     "ddp-2x1-unfused": Lever(UNFUSED, DDP, processes=2),
     # The rows below each change one thing in fused-head.
     # fp32 even where precision auto picks bf16 (a CPU with bf16 units), to see which is faster.
