@@ -46,22 +46,27 @@ class Lever:
 # Cumulative, top to bottom, except where a comment says otherwise.
 TORCH_DROPOUT = {"bits_dropout": False}  # torch's own dropout, the default before bits-dropout
 UNFUSED = {"fused_head": False}  # transformers' LM head and loss over whole logits, the default before fused-head
+CAST = {"uncast_lora_inputs": False}  # peft's float32 copy of each LoRA input, the default before uncast-lora-inputs
 DDP = {"OMP_NUM_THREADS": "1"}
 LEVERS: dict[str, Lever] = {
     # The committed reference recipe as the harness ran it before: MKL pinned to strict mode on import.
-    "today": Lever({"answer_logits": False, **STUDY, **TORCH_DROPOUT, **UNFUSED}, {"MKL_CBWR": "AVX2,STRICT"}),
+    "today": Lever({"answer_logits": False, **STUDY, **TORCH_DROPOUT, **UNFUSED, **CAST}, {"MKL_CBWR": "AVX2,STRICT"}),
     # Training no longer pins MKL (harness.numerics).
-    "mkl-auto": Lever({"answer_logits": False, **STUDY, **TORCH_DROPOUT, **UNFUSED}),
+    "mkl-auto": Lever({"answer_logits": False, **STUDY, **TORCH_DROPOUT, **UNFUSED, **CAST}),
     # the LM head on answer positions only (now the default)
-    "answer-logits": Lever({**STUDY, **TORCH_DROPOUT, **UNFUSED}),
-    "batch8": Lever({**TORCH_DROPOUT, **UNFUSED}),  # one micro-batch of 8 (now the CPU default)
+    "answer-logits": Lever({**STUDY, **TORCH_DROPOUT, **UNFUSED, **CAST}),
+    "batch8": Lever({**TORCH_DROPOUT, **UNFUSED, **CAST}),  # one micro-batch of 8 (now the CPU default)
     # LoRA dropout masks from random bits (train/dropout.py; now the CPU default)
-    "bits-dropout": Lever(UNFUSED),
+    "bits-dropout": Lever({**UNFUSED, **CAST}),
     # The LM head and its loss over chunks of labelled positions (train/head_loss.py; now the default)
-    "fused-head": Lever({}),
-    # ddp-2x1 (below) without fused-head: what the main job and the full profile ran before it.
-    "ddp-2x1-unfused": Lever(UNFUSED, DDP, processes=2),
-    # The rows below each change one thing in fused-head.
+    "fused-head": Lever(CAST),
+    # LoRA inputs under autocast without peft's float32 copies (train.trainer.lora_inputs_uncast; now the default)
+    "uncast-lora-inputs": Lever({}),
+    # ddp-2x1-cast (below) without fused-head: what the main job and the full profile ran before fused-head.
+    "ddp-2x1-unfused": Lever({**UNFUSED, **CAST}, DDP, processes=2),
+    # ddp-2x1 (below) with peft's float32 copies: what the main job and the full profile ran before uncast-lora-inputs.
+    "ddp-2x1-cast": Lever(CAST, DDP, processes=2),
+    # The rows below each change one thing in uncast-lora-inputs.
     # fp32 even where precision auto picks bf16 (a CPU with bf16 units), to see which is faster.
     "fp32": Lever({"precision": "fp32"}),
     # Two processes of one thread each (torchrun, gloo), 4 records each (the same effective batch of 8):

@@ -50,6 +50,9 @@ class TrainConfig:
     fused_head: bool = True
     # LoRA dropout masks from random bits on a CPU: the same dropout, a cheaper mask (train/dropout.py)
     bits_dropout: bool = True
+    # Under autocast, LoRA layers take their input as it comes (bf16) instead of peft's float32 copy
+    # (train.trainer.lora_inputs_uncast): the same loss and gradients, fewer copies
+    uncast_lora_inputs: bool = True
     gradient_checkpointing: bool = False  # saves GPU memory on large bases, costs ~30% speed
     adapter_dtype: Literal["float16", "float32"] = "float16"  # saved weights: float16 halves the file
     # After training, the saved adapter on NF4 and unquantised bases alike, its figures recorded in the

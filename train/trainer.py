@@ -235,7 +235,8 @@ def train(config: TrainConfig, out_dir: Path, data_dir: Path | None = None, resu
     last = _last_checkpoint(checkpoints) if resume else None
     _keep_log_until(log_path, int(last.name.rsplit("-", 1)[-1]) if last else 0)
     t0 = time.perf_counter()
-    trainer.train(resume_from_checkpoint=str(last) if last else None)
+    with lora_inputs_uncast(model, autocast=config.uncast_lora_inputs and precision != "fp32"):
+        trainer.train(resume_from_checkpoint=str(last) if last else None)
     wall = time.perf_counter() - t0
     if trainer.is_world_process_zero():
         # The adapter names its base by canonical name, which the harness checks at load time.
@@ -306,6 +307,20 @@ def _cast_adapter(path: Path, dtype: str) -> None:
         return
     with staged_file(path) as tmp:
         save_file({k: v.to(target).contiguous() for k, v in tensors.items()}, str(tmp), metadata={"format": "pt"})
+
+
+def lora_inputs_uncast(model, autocast: bool):
+    """Under autocast, LoRA layers take their input in the dtype it comes in.
+
+    peft casts each LoRA input to its float32 weights unless autocast is on, and asks CUDA's
+    `torch.is_autocast_enabled()`, so under a CPU's bf16 autocast every adapted linear copied its bf16
+    input to float32, dropped out there, and autocast copied it back to bf16 for the product, with
+    the copies' gradients in the backward pass. The values are the same either way (bf16 times a
+    dropout mask and a float32 scale rounds to bf16 once): a test checks loss and gradient bit for bit.
+    """
+    from peft.helpers import disable_input_dtype_casting
+
+    return disable_input_dtype_casting(model, active=autocast)
 
 
 def _optimizer(model, config: TrainConfig):

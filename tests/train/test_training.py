@@ -143,6 +143,55 @@ def test_fused_head_gives_transformers_loss_and_gradient(monkeypatch, autocast, 
     assert torch.allclose(fused_grad, grad, rtol=tolerance, atol=tolerance * grad.abs().max().item())
 
 
+def test_lora_inputs_stay_bf16_under_cpu_autocast_with_the_same_loss_and_gradient():
+    """peft copied every LoRA input to float32 under a CPU's autocast (train.trainer.lora_inputs_uncast):
+    without those copies the loss and the LoRA gradients are the same bit for bit, dropout included."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from train.dropout import use_bits_dropout
+    from train.trainer import lora_inputs_uncast
+
+    hidden = 16
+
+    class FloatCopies(TorchDispatchMode):
+        """Counts copies of activations (hidden wide) into float32."""
+        count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if (func is torch.ops.aten._to_copy.default and kwargs.get("dtype") == torch.float32
+                    and args[0].dim() == 3 and args[0].shape[-1] == hidden):
+                FloatCopies.count += 1
+            return func(*args, **kwargs)
+
+    torch.manual_seed(0)
+    model = get_peft_model(LlamaForCausalLM(LlamaConfig(vocab_size=40, hidden_size=hidden, intermediate_size=32,
+                                                        num_hidden_layers=2, num_attention_heads=2,
+                                                        num_key_value_heads=1)).to(torch.bfloat16),
+                           LoraConfig(r=4, lora_dropout=0.3, target_modules=list(ATTENTION), init_lora_weights=False,
+                                      task_type="CAUSAL_LM"))
+    use_bits_dropout(model)
+    batch = {"input_ids": torch.arange(2, 26).reshape(2, 12), "labels": torch.arange(2, 26).reshape(2, 12)}
+    results = []
+    for uncast in (False, True):
+        FloatCopies.count = 0
+        model.zero_grad()
+        torch.manual_seed(1)  # the same dropout masks
+        with lora_inputs_uncast(model, autocast=uncast), torch.autocast("cpu", dtype=torch.bfloat16), FloatCopies():
+            loss = model(**batch).loss
+            loss.backward()
+        grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad])
+        results.append((loss.item(), grads, FloatCopies.count))
+    (loss, grads, copies), (uncast_loss, uncast_grads, uncast_copies) = results
+    # One copy per adapted linear in the forward pass (q, k, v, o in 2 layers) and their gradients went;
+    # RMSNorm's own float32 stays.
+    assert copies - uncast_copies >= 2 * 4
+    assert uncast_loss == loss and torch.equal(uncast_grads, grads)
+
+
 def test_fused_head_refuses_a_trainable_head():
     from transformers import LlamaConfig, LlamaForCausalLM
 
