@@ -235,7 +235,7 @@ def train(config: TrainConfig, out_dir: Path, data_dir: Path | None = None, resu
     last = _last_checkpoint(checkpoints) if resume else None
     _keep_log_until(log_path, int(last.name.rsplit("-", 1)[-1]) if last else 0)
     t0 = time.perf_counter()
-    with lora_inputs_uncast(model, autocast=config.uncast_lora_inputs and precision != "fp32"):
+    with lora_inputs_uncast(model, active=config.uncast_lora_inputs and precision != "fp32"):
         trainer.train(resume_from_checkpoint=str(last) if last else None)
     wall = time.perf_counter() - t0
     if trainer.is_world_process_zero():
@@ -309,8 +309,8 @@ def _cast_adapter(path: Path, dtype: str) -> None:
         save_file({k: v.to(target).contiguous() for k, v in tensors.items()}, str(tmp), metadata={"format": "pt"})
 
 
-def lora_inputs_uncast(model, autocast: bool):
-    """Under autocast, LoRA layers take their input in the dtype it comes in.
+def lora_inputs_uncast(model, active: bool):
+    """Where active (training under autocast), LoRA layers take their input in the dtype it comes in.
 
     peft casts each LoRA input to its float32 weights unless autocast is on, and asks CUDA's
     `torch.is_autocast_enabled()`, so under a CPU's bf16 autocast every adapted linear copied its bf16
@@ -320,7 +320,7 @@ def lora_inputs_uncast(model, autocast: bool):
     """
     from peft.helpers import disable_input_dtype_casting
 
-    return disable_input_dtype_casting(model, active=autocast)
+    return disable_input_dtype_casting(model, active=active)
 
 
 def _optimizer(model, config: TrainConfig):

@@ -158,13 +158,16 @@ def test_lora_inputs_stay_bf16_under_cpu_autocast_with_the_same_loss_and_gradien
 
     class FloatCopies(TorchDispatchMode):
         """Counts copies of activations (hidden wide) into float32."""
-        count = 0
+
+        def __init__(self):
+            super().__init__()
+            self.count = 0
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             kwargs = kwargs or {}
             if (func is torch.ops.aten._to_copy.default and kwargs.get("dtype") == torch.float32
                     and args[0].dim() == 3 and args[0].shape[-1] == hidden):
-                FloatCopies.count += 1
+                self.count += 1
             return func(*args, **kwargs)
 
     torch.manual_seed(0)
@@ -177,14 +180,14 @@ def test_lora_inputs_stay_bf16_under_cpu_autocast_with_the_same_loss_and_gradien
     batch = {"input_ids": torch.arange(2, 26).reshape(2, 12), "labels": torch.arange(2, 26).reshape(2, 12)}
     results = []
     for uncast in (False, True):
-        FloatCopies.count = 0
         model.zero_grad()
         torch.manual_seed(1)  # the same dropout masks
-        with lora_inputs_uncast(model, autocast=uncast), torch.autocast("cpu", dtype=torch.bfloat16), FloatCopies():
+        copies = FloatCopies()
+        with lora_inputs_uncast(model, active=uncast), torch.autocast("cpu", dtype=torch.bfloat16), copies:
             loss = model(**batch).loss
             loss.backward()
         grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad])
-        results.append((loss.item(), grads, FloatCopies.count))
+        results.append((loss.item(), grads, copies.count))
     (loss, grads, copies), (uncast_loss, uncast_grads, uncast_copies) = results
     # One copy per adapted linear in the forward pass (q, k, v, o in 2 layers) and their gradients went;
     # RMSNorm's own float32 stays.
