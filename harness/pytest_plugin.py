@@ -15,6 +15,7 @@ from harness.grammar import DECODINGS
 from harness.models import GenerationSettings
 from harness.numerics import pin_reproducible_blas
 from harness.openai_backend import HTTPOptions, is_served
+from harness.pytest_setup import decide_setup_again
 from harness.settings import REFERENCE_ADAPTER, REFERENCE_BASELINE
 from harness.suite import (
     SCENARIO_SETS,
@@ -112,6 +113,13 @@ def pytest_addoption(parser):
                 help="JSON {role: {note: output}} (a key such as tuned@none scripts one base numerics): scripted "
                      "models instead of real ones (for testing the suite)")
     g.addoption("--run-slow", action="store_true", help="also run slow tests (real models, browser)")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_load_initial_conftests(early_config, parser, args):
+    """The first hook to see this plugin's options parsed: pytest guessed its rootdir and ini file
+    before, taking the value of `--adapter /some/dir` for a test path (harness/pytest_setup.py)."""
+    decide_setup_again(early_config, args)
 
 
 def pytest_configure(config):

@@ -207,6 +207,33 @@ def test_interrupted_run_leaves_a_valid_report_marked_incomplete(project):
     assert 'id="incomplete"' in html and "</html>" in html
 
 
+def _option_args(form: str, options: dict) -> list[str]:
+    return [a for name, value in options.items()
+            for a in ((name, str(value)) if form == "--opt value" else (f"{name}={value}",))]
+
+
+@pytest.mark.parametrize("form", ["--opt value", "--opt=value"])
+def test_paths_outside_the_checkout_leave_pytest_its_rootdir_and_the_gate_its_config(adapter_copy, tmp_path, form):
+    """`pytest -m tuned --adapter /abs/dir` in the checkout, no test path given: pytest guesses its rootdir
+    before the plugin's options parse, and took the adapter's folder for it, so the gate ran without
+    pyproject.toml (floors at the targets, free decoding only). The plugin decides it again."""
+    import subprocess
+    import sys
+
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    baseline = tmp_path / "baseline.json"
+    shutil.copy(ROOT / "fixtures" / "reference-adapter" / "baseline.json", baseline)
+    options = {"--adapter": adapter_copy, "--baseline": baseline, "--report-dir": reports}
+    result = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-m", "tuned", "--co",
+                             *_option_args(form, options)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    header = result.stdout[:1000]
+    assert f"rootdir: {ROOT}\n" in header and "configfile: pyproject.toml" in header and "testpaths: tests" in header
+    # The gate's modes come from pyproject.toml ([tool.sunrise.gate]): grounded decoding is judged too.
+    assert "test_threshold[tuned-grounded-field_f1]" in result.stdout
+
+
 @pytest.mark.parametrize("form", ["--opt value", "--opt=value"])
 def test_gate_takes_paths_outside_the_checkout_from_another_directory(pytester, adapter_copy, tmp_path, form):
     """The plugin is installed (pytest11), so an existing path given as an option's value is parsed
@@ -220,10 +247,9 @@ def test_gate_takes_paths_outside_the_checkout_from_another_directory(pytester, 
     assert first.ret == 0, first.stdout.str()[-2000:]
     baseline = next(reports.glob("*/summary.json")).resolve()
     options = {"--adapter": adapter_copy, "--baseline": baseline, "--report-dir": reports}
-    paths = [a for name, value in options.items()
-             for a in ((name, str(value)) if form == "--opt value" else (f"{name}={value}",))]
     result = pytester.runpytest_subprocess(str(SUITE), "-p", "no:cacheprovider", "-m", "tuned", *SETS,
-                                           "-k", "not hypothesis", "--fake-outputs", str(fake), *paths)
+                                           "-k", "not hypothesis", "--fake-outputs", str(fake),
+                                           *_option_args(form, options))
     assert result.ret == 0, result.stdout.str()[-2000:] + result.stderr.str()[-2000:]
     assert pytester.path != ROOT and f"rootdir: {ROOT}" in result.stdout.str()
     result.stdout.fnmatch_lines(["*gate: PASSED*", f"*vs baseline {baseline}*"])
