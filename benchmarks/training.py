@@ -72,6 +72,10 @@ LEVERS: dict[str, Lever] = {
     # Two processes of one thread each (torchrun, gloo), 4 records each (the same effective batch of 8):
     # the cores split across records instead of inside each operation.
     "ddp-2x1": Lever({}, DDP, processes=2),
+    # One dropout mask for the LoRA layers that read the same input (train/dropout.py; an option, off by default:
+    # README, "Training throughput"), in one process and in two.
+    "share-dropout-masks": Lever({"share_dropout_masks": True}),
+    "ddp-2x1-shared-masks": Lever({"share_dropout_masks": True}, DDP, processes=2),
     # The step time after the compile; wall_s shows what compiling the training and validation graphs cost.
     "compile": Lever({}, compile_decoder=True),
     "unquantised": Lever({"quantization": "none"}),  # plain LoRA on the full-precision base

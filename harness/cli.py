@@ -165,7 +165,8 @@ def cmd_train(args) -> int:
 
     overrides = {k: getattr(args, k) for k in ("learning_rate", "max_steps", "epochs", "batch_size", "grad_accum",
                                                "eval_steps", "rank", "alpha", "precision", "seed", "check_numerics",
-                                               "check_notes", "split_quotes", "loraplus_ratio")}
+                                               "check_notes", "split_quotes", "loraplus_ratio",
+                                               "share_dropout_masks")}
     overrides.update(quantization=args.quantization, attn_implementation=args.attn_implementation)
     if args.target_modules:
         overrides["target_modules"] = tuple(args.target_modules.split(","))
@@ -355,6 +356,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(all), on their own (default: all; see README)")
     p.add_argument("--check-notes", type=_non_negative, default=None,
                    help="held-out test notes the numerics check generates under each (full: 30; 0: loss only)")
+    p.add_argument("--share-dropout-masks", action=argparse.BooleanOptionalAction, default=None,
+                   help="LoRA layers reading the same input (q, k, v; gate, up) share one dropout mask: "
+                        "1.1x faster on a CPU, a different recipe (default: off; see README)")
     p.add_argument("--precision", choices=get_args(Precision), default=None,
                    help="fp32 turns mixed precision off (GPUs without bf16 such as the GTX 1070 Ti)")
     p.add_argument("--target-modules", default=None, help="comma-separated, e.g. q_proj,k_proj,v_proj,o_proj")

@@ -50,6 +50,13 @@ class TrainConfig:
     fused_head: bool = True
     # LoRA dropout masks from random bits on a CPU: the same dropout, a cheaper mask (train/dropout.py)
     bits_dropout: bool = True
+    # One LoRA dropout mask per input of a module: q, k and v drop the same values of their input, gate and
+    # up theirs, as LoRA on a fused qkv linear does; each layer still drops `dropout` of what it reads.
+    # 4 masks a layer instead of 7: 1.09x a step in one process, 1.14x in two on 2 cores (train/dropout.py,
+    # benchmarks/training.py). Off by default: over three seeds of the full profile, the same validation
+    # loss and field F1, but fewer medications counted right, and seed 0 fell below two of the gate's
+    # floors (README, "Training throughput"). It changes the recipe's randomness, so it applies on a GPU too.
+    share_dropout_masks: bool = False
     # Under autocast, LoRA layers take their input as it comes (bf16) instead of peft's float32 copy
     # (train.trainer.lora_inputs_uncast): the same loss and gradients, fewer copies
     uncast_lora_inputs: bool = True

@@ -178,6 +178,10 @@ def train(config: TrainConfig, out_dir: Path, data_dir: Path | None = None, resu
         from train.dropout import use_bits_dropout
 
         use_bits_dropout(model)
+    if config.share_dropout_masks:
+        from train.dropout import share_dropout_masks
+
+        share_dropout_masks(model)
     if config.fused_head:
         from train.head_loss import fuse_head_and_loss
 

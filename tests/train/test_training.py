@@ -337,7 +337,8 @@ def test_short_real_training_lowers_the_loss_and_writes_every_output(tmp_path, t
 def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, tiny_data):
     """A kill loses at most one evaluation interval: rerunning the command resumes from the checkpoint."""
     out = tmp_path / "run"
-    args = _train_args(tiny_data, out, 6, 2)
+    # With shared dropout masks (an option, off by default), so that the option's path runs here too.
+    args = [*_train_args(tiny_data, out, 6, 2), "--share-dropout-masks"]
     proc = _sunrise(*args)
     deadline = time.monotonic() + 600
     while not (out / "checkpoints" / "checkpoint-2" / "trainer_state.json").is_file():
@@ -353,4 +354,5 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, tiny_data):
     steps = [json.loads(line)["step"] for line in (out / "train_log.jsonl").read_text().splitlines()
              if "train_loss" in line]
     assert steps == [1, 2, 3, 4, 5, 6]  # nothing lost before the checkpoint, nothing logged twice
-    assert json.loads((out / "manifest.json").read_text())["steps"] == 6
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["steps"] == 6 and manifest["hyperparameters"]["share_dropout_masks"] is True
