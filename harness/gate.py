@@ -94,6 +94,19 @@ def meets(metric: str, value: float, limit: float) -> bool:
     return value <= limit if metric in CEILINGS else value >= limit
 
 
+def figures(metric: str, value: float, limit: float) -> tuple[str, str]:
+    """A value and the limit it is compared with, as written in verdicts: counts (the ceilings) as
+    counts; rates to three decimals, or more where three would hide a miss (113 of 119 answers valid
+    against a floor of 0.95 is 0.9496 < 0.9500, not 0.950 < 0.950)."""
+    if metric in CEILINGS:
+        return f"{value:g}", f"{limit:g}"
+    for digits in range(3, 7):
+        shown = f"{value:.{digits}f}", f"{limit:.{digits}f}"
+        if shown[0] != shown[1] or value == limit:
+            break
+    return shown
+
+
 def sign_test_p(worse: int, better: int) -> float:
     """One-sided exact p-value of seeing >= `worse` pass->fail flips among the discordant pairs if
     flips in either direction were equally likely (exact McNemar)."""

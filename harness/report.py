@@ -15,7 +15,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 from harness.atomic import write_atomic
 from harness.diff import diff_output, field_of, field_rows
-from harness.gate import CEILINGS
+from harness.gate import CEILINGS, figures
 from harness.grounding import ground_summary, note_segments
 from harness.plots import loss_curve_png, metrics_bar_png, trend_png
 from harness.scoring import parse_output
@@ -36,11 +36,6 @@ def _data_uri(png: bytes) -> str:
 
 def _limit_word(metric: str) -> str:
     return ">" if metric in CEILINGS else "<"
-
-
-def _figure(metric: str, value: float) -> str:
-    """A rate to three decimals; a ceiling is a count (ungrounded values), written as one."""
-    return f"{value:g}" if metric in CEILINGS else f"{value:.3f}"
 
 
 # What the one-line comparison names, and how: the study's claim in the figures a person remembers.
@@ -70,15 +65,16 @@ def gate_lines(summary: dict) -> list[str]:
     lines = [f"gate: {'PASSED' if gate['passed'] else 'FAILED'} ({', '.join(gate['variants'])})"]
     for variant, v in gate["variants"].items():
         lines.append(f"  {variant}: {'passed' if v['passed'] else 'FAILED'}")
-        for name, (value, limit) in v["threshold_misses"].items():
-            lines.append(f"    threshold missed: {name} = {_figure(name, value)} {_limit_word(name)} "
-                         f"{_figure(name, limit)}")
-        for name, (value, target) in v.get("targets_not_met", {}).items():
-            lines.append(f"    target not yet met (reported, not gating): {name} = {_figure(name, value)} "
-                         f"{_limit_word(name)} target {_figure(name, target)}")
-        for name, (tuned, base) in v["worse_than_base"].items():
-            lines.append(f"    worse than {v.get('base', 'base')}: {name} = {_figure(name, tuned)} "
-                         f"{_limit_word(name)} {_figure(name, base)}")
+        for name, pair in v["threshold_misses"].items():
+            value, limit = figures(name, *pair)
+            lines.append(f"    threshold missed: {name} = {value} {_limit_word(name)} {limit}")
+        for name, pair in v.get("targets_not_met", {}).items():
+            value, target = figures(name, *pair)
+            lines.append(f"    target not yet met (reported, not gating): {name} = {value} "
+                         f"{_limit_word(name)} target {target}")
+        for name, pair in v["worse_than_base"].items():
+            tuned, base = figures(name, *pair)
+            lines.append(f"    worse than {v.get('base', 'base')}: {name} = {tuned} {_limit_word(name)} {base}")
         comp = v.get("comparison")
         if comp:
             lines.append(f"    vs baseline {gate['baseline']}: {comp['shared']} shared scenarios, "

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness.gate import CEILINGS, meets
+from harness.gate import CEILINGS, figures, meets
 from harness.suite import NOT_WORSE_METRICS, ModelUnavailable, base_for, gated
 
 
@@ -53,8 +53,8 @@ def test_threshold(sunrise_suite, sunrise_gated, sunrise_metric):
     metrics = _metrics_or_fail(sunrise_suite, sunrise_gated)
     limit = getattr(sunrise_suite.options.floors(sunrise_suite.variants[sunrise_gated].decoding), sunrise_metric)
     word = "above ceiling" if sunrise_metric in CEILINGS else "below floor"
-    assert meets(sunrise_metric, metrics[sunrise_metric], limit), \
-        f"{sunrise_metric} = {metrics[sunrise_metric]:.3f}, {word} {limit}"
+    value, shown_limit = figures(sunrise_metric, metrics[sunrise_metric], limit)
+    assert meets(sunrise_metric, metrics[sunrise_metric], limit), f"{sunrise_metric} = {value}, {word} {shown_limit}"
 
 
 @pytest.mark.tuned

@@ -51,6 +51,12 @@ def test_gate_lines_write_rates_to_three_decimals_and_counts_as_counts():
     assert "    target not yet met (reported, not gating): ungrounded_values = 90 > target 0" in lines
 
 
+def test_gate_lines_show_the_decimals_that_tell_a_miss_from_its_floor():
+    summary = {"gate": {"passed": False, "baseline": None, "variants": {"tuned:free": {
+        "passed": False, "threshold_misses": {"json_valid": [113 / 119, 0.95]}, "worse_than_base": {}}}}}
+    assert "    threshold missed: json_valid = 0.9496 < 0.9500" in gate_lines(summary)
+
+
 def test_notes_and_outputs_are_escaped(tmp_path):
     html = render_report(_summary(tmp_path))
     assert "<script>alert('x')</script>" not in html
