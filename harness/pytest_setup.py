@@ -15,8 +15,8 @@ from __future__ import annotations
 
 def decide_setup_again(config, args: list[str]) -> bool:
     """Redo pytest's setup from the test paths in `config.known_args_namespace` (option values no longer
-    among them); prepend the ini file's addopts to `args` when the ini file changed. Returns whether
-    anything changed."""
+    among them); prepend the ini file's addopts to `args` when the first guess read no ini file (one
+    that did had its own addopts applied, which cannot be taken back). Returns whether anything changed."""
     from _pytest.config.findpaths import determine_setup
 
     ns = config.known_args_namespace

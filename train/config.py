@@ -54,8 +54,9 @@ class TrainConfig:
     # up theirs, as LoRA on a fused qkv linear does; each layer still drops `dropout` of what it reads.
     # 4 masks a layer instead of 7: 1.09x a step in one process, 1.14x in two on 2 cores (train/dropout.py,
     # benchmarks/training.py). Off by default: over three seeds of the full profile, the same validation
-    # loss and field F1, but fewer medications counted right, and seed 0 fell below two of the gate's
-    # floors (README, "Training throughput"). It changes the recipe's randomness, so it applies on a GPU too.
+    # loss and field F1, but fewer medications counted right, and seed 0 fell below the gate's json-valid
+    # and med-count floors (README, "Training throughput"). It changes the recipe's randomness, so it applies
+    # on a GPU too.
     share_dropout_masks: bool = False
     # Under autocast, LoRA layers take their input as it comes (bf16) instead of peft's float32 copy
     # (train.trainer.lora_inputs_uncast): the same loss and gradients, fewer copies
