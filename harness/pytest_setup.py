@@ -13,10 +13,10 @@ its result (private ones: pytest offers no public way to change its rootdir once
 from __future__ import annotations
 
 
-def decide_setup_again(config, args: list[str]) -> bool:
+def decide_setup_again(config, args: list[str]) -> None:
     """Redo pytest's setup from the test paths in `config.known_args_namespace` (option values no longer
     among them); prepend the ini file's addopts to `args` when the first guess read no ini file (one
-    that did had its own addopts applied, which cannot be taken back). Returns whether anything changed."""
+    that did had its own addopts applied, which cannot be taken back)."""
     from _pytest.config.findpaths import determine_setup
 
     ns = config.known_args_namespace
@@ -24,7 +24,7 @@ def decide_setup_again(config, args: list[str]) -> bool:
         inifile=ns.inifilename, override_ini=ns.override_ini, args=ns.file_or_dir,
         rootdir_cmd_arg=ns.rootdir or None, invocation_dir=config.invocation_params.dir)
     if (rootpath, inipath) == (config.rootpath, config.inipath):
-        return False
+        return
     first_guess = str(config.inipath.parent if config.inipath else config.rootpath)
     had_ini = config.inipath is not None
     config._rootpath, config._inipath, config._inicfg = rootpath, inipath, inicfg
@@ -35,4 +35,3 @@ def decide_setup_again(config, args: list[str]) -> bool:
         ns.confcutdir = str(inipath.parent if inipath else rootpath)
     if not had_ini:  # the first guess read no ini file, so no addopts were applied: apply this one's
         args[:] = config._validate_args(config.getini("addopts"), "via addopts config") + args
-    return True

@@ -96,10 +96,10 @@ def lora_inputs(model, x):
         if name.endswith("lora_A.default"):
             hooks.append(module.register_forward_hook(
                 lambda _, args, __, name=name: seen.__setitem__(name.split("model.")[-1][:-15], args[0])))
-    out = model(x)
+    model(x)
     for hook in hooks:
         hook.remove()
-    return out, seen
+    return seen
 
 
 def test_layers_reading_one_input_share_one_mask_and_the_others_draw_their_own():
@@ -109,7 +109,7 @@ def test_layers_reading_one_input_share_one_mask_and_the_others_draw_their_own()
     model.train()
     torch.manual_seed(0)
     x = torch.ones(64, 8)
-    _, seen = lora_inputs(model, x)
+    seen = lora_inputs(model, x)
     for block in ("first", "second"):
         q, k, v, o = (seen[f"{block}.{p}_proj"] for p in "qkvo")
         assert k is q and v is q  # one mask for the three, as LoRA on a fused qkv linear
@@ -146,7 +146,7 @@ def test_evaluation_drops_nothing_and_keeps_nothing():
     share_dropout_masks(model)
     model.eval()
     x = torch.randn(4, 8)
-    _, seen = lora_inputs(model, x)
+    seen = lora_inputs(model, x)
     assert seen["first.q_proj"] is x and seen["first.k_proj"] is x
 
 
