@@ -76,9 +76,42 @@ def register_attention() -> str:
 
 def numerics(model, attn_implementation: str | None) -> str:
     """How a loaded model's outputs relate to batching, recorded in its identity (and so in the
-    cache key): 'batch-invariant' when it runs float64 attention and the products are shape-independent."""
-    invariant = attn_implementation is None and blas_is_batch_invariant(model.device)
+    cache key): 'batch-invariant' when it runs float64 attention and its products are shape-independent,
+    MKL's own or float64 ones (`float64_products`)."""
+    invariant = attn_implementation is None and (getattr(model, "float64_products", False)
+                                                 or blas_is_batch_invariant(model.device))
     return "batch-invariant" if invariant else "batch-dependent"
+
+
+def float64_products(model, memory_share: float = 0.25) -> bool:
+    """Where MKL's strict mode leaves a row of a product dependent on the rows beside it, every linear
+    product of the model runs in float64 on a float64 copy of its weight and is rounded back, as attention
+    is: the sums still group by shape, but their last-bit differences vanish in the rounding. MKL takes
+    CNR's instruction branches only on Intel CPUs: on an AMD EPYC with AVX2 it reports 'CNR:AUTO,STRICT'
+    for MKL_CBWR=AVX2,STRICT, and one row alone differs from the same row among others by up to 2e-5.
+    Linear layers only: the harness's NF4 layers once dequantised (`dequantise_once`), the LM head, and
+    LoRA's. Returns whether it did; not on a GPU, where MKL is not used, nor where the copies (8 bytes a
+    weight) would take more than `memory_share` of the machine's memory, nor where an NF4 layer kept
+    dequantising per call. The model's identity records it (`products`), so cached outputs of one
+    arithmetic are never served for the other."""
+    import bitsandbytes as bnb
+    import torch
+
+    if model.device.type != "cpu" or blas_is_batch_invariant():
+        return False
+    layers = [m for m in model.modules() if isinstance(m, (torch.nn.Linear, bnb.nn.Linear4bit))]
+    if any(isinstance(m, bnb.nn.Linear4bit) and not hasattr(m, "dense_weight") for m in layers):
+        return False
+    weights = sum(m.out_features * m.in_features for m in layers)
+    if weights * 8 > memory_share * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"):
+        return False
+    with torch.no_grad():
+        for module in layers:
+            weight = module.dense_weight if hasattr(module, "dense_weight") else module.weight
+            module.weight64 = weight.detach().double()
+            module.forward = _float64_forward.__get__(module)
+    model.float64_products = True
+    return True
 
 
 def nf4_kernel(model) -> str:
@@ -149,6 +182,14 @@ def fold_adapter(model):
                 delta = layer.lora_B[name].weight.float() @ layer.lora_A[name].weight.float()
                 dense += (delta * layer.scaling[name]).to(dense.dtype)
     return model.unload()
+
+
+def _float64_forward(self, x):
+    """A linear layer's product in float64, rounded back to the input's dtype (see float64_products)."""
+    import torch
+
+    bias = None if self.bias is None else self.bias.double()
+    return torch.nn.functional.linear(x.double(), self.weight64, bias).to(x.dtype)
 
 
 def _dense_forward(self, x):

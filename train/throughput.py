@@ -5,22 +5,30 @@ from __future__ import annotations
 import time
 
 
-def matmul_bound(dtype: str = "float32", size: int = 2048, repeats: int = 5) -> float:
-    """GFLOP/s of a square matmul on the training device, the best of `repeats` after a warm-up."""
+def matmul_bound(dtype: str = "float32", size: int = 2048, repeats: int = 5, threads: int | None = None) -> float:
+    """GFLOP/s of a square matmul on the training device, the best of `repeats` after a warm-up; on a CPU
+    with `threads` threads (default: this process's), so that a run split over processes of one thread
+    each is measured against all the cores it trained on, not one."""
     import torch
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    a, b = (torch.randn(size, size, dtype=getattr(torch, dtype), device=device) for _ in range(2))
-    a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
+    before = torch.get_num_threads()
+    if device == "cpu" and threads:
+        torch.set_num_threads(threads)
+    try:
+        a, b = (torch.randn(size, size, dtype=getattr(torch, dtype), device=device) for _ in range(2))
         a @ b
-        if device == "cuda":
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t0)
+        best = float("inf")
+        for _ in range(repeats):
+            if device == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            a @ b
+            if device == "cuda":
+                torch.cuda.synchronize()
+            best = min(best, time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(before)
     return 2 * size**3 / best / 1e9
 
 

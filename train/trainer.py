@@ -250,7 +250,8 @@ def train(config: TrainConfig, out_dir: Path, data_dir: Path | None = None, resu
         (out_dir / "README.md").unlink(missing_ok=True)  # peft's empty model-card template
         history = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
         write_atomic(out_dir / "loss_curve.png", loss_curve_png(history, held_out=HELD_OUT.conditions[:4]))
-        bound = matmul_bound(compute_dtype)
+        # Against every core the run's processes trained on: under torchrun each process has one thread
+        bound = matmul_bound(compute_dtype, threads=torch.get_num_threads() * processes)
         # What this run resolved its settings to on this machine; micro_batch_used is per process, so the
         # effective batch is its product times the processes.
         used = {"precision_used": precision, "micro_batch_used": [batch_size, grad_accum], "processes": processes,

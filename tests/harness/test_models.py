@@ -193,6 +193,9 @@ def test_nf4_on_any_cpu_computes_as_training_does(adapter_copy, monkeypatch):
     from harness.cache import cache_key
     from harness.numerics import dequantise_once
 
+    # The dequantised path against bitsandbytes' own, in float32: not the float64 products a CPU whose MKL
+    # sums depend on the shape takes on top of it (harness.numerics.float64_products)
+    monkeypatch.setattr(models, "float64_products", lambda model: False)
     here = HFBackend(ModelSpec(quantization="nf4", adapter=str(adapter_copy)))
     monkeypatch.setattr(bnb.nn.modules, "has_avx512bf16", lambda: False)  # a CPU without avx512_bf16
     monkeypatch.setattr(models, "dequantise_once", lambda model: dequantise_once(model, memory_share=0))

@@ -1,14 +1,51 @@
-"""Who asks MKL for shape-independent sums: generation and the test session do, training does not."""
+"""Who asks MKL for shape-independent sums (generation and the test session do, training does not), and
+the float64 products that stand in where MKL's strict mode does not give them."""
 
 import os
 import subprocess
 import sys
 
-from harness.numerics import CBWR, blas_is_batch_invariant
+import torch
+
+from harness import numerics
+from harness.numerics import CBWR, float64_products
 
 
 def test_the_test_session_is_pinned_before_torch_runs():
-    assert os.environ.get("MKL_CBWR") == CBWR and blas_is_batch_invariant()
+    assert os.environ.get("MKL_CBWR") == CBWR
+
+
+class _Tiny(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.up, self.down = torch.nn.Linear(256, 384), torch.nn.Linear(384, 256, bias=False)
+        self.device = torch.device("cpu")
+
+    def forward(self, x):
+        return self.down(torch.relu(self.up(x)))
+
+
+def test_float64_products_make_a_row_independent_of_the_rows_beside_it(monkeypatch):
+    # As on a CPU where MKL takes no CNR branch (an AMD EPYC): the check is what decides, so pretend it failed.
+    monkeypatch.setattr(numerics, "blas_is_batch_invariant", lambda device="cpu": False)
+    torch.manual_seed(0)
+    model, x = _Tiny(), torch.randn(17, 256)
+    with torch.no_grad():
+        before = model(x)
+        assert float64_products(model) and model.float64_products
+        assert numerics.numerics(model, None) == "batch-invariant"
+        alone = model(x[:1])
+        assert all(torch.equal(model(x[:m])[:1], alone) for m in (2, 3, 17))
+        assert alone.dtype == torch.float32 and torch.allclose(alone, before[:1], atol=1e-5)  # the same model
+    assert numerics.numerics(model, "sdpa") == "batch-dependent"  # attention of another kind regroups sums
+
+
+def test_float64_products_are_left_off_where_mkl_is_invariant_or_memory_is_short(monkeypatch):
+    monkeypatch.setattr(numerics, "blas_is_batch_invariant", lambda device="cpu": True)
+    assert not float64_products(_Tiny())
+    monkeypatch.setattr(numerics, "blas_is_batch_invariant", lambda device="cpu": False)
+    model = _Tiny()
+    assert not float64_products(model, memory_share=0) and not hasattr(model.up, "weight64")
 
 
 def test_importing_the_harness_and_the_trainer_leaves_mkl_in_its_fastest_mode():
