@@ -249,7 +249,10 @@ def test_an_adapter_merged_into_nf4_weights_dequantised_once_answers_as_attached
         HFBackend(ModelSpec(quantization="nf4", adapter=str(adapter_copy), merge_adapter=True))
     kept = HFBackend(ModelSpec(quantization="nf4", adapter=str(adapter_copy), merge_adapter="auto"))
     assert any(isinstance(m, LoraLayer) for m in kept.model.modules()) and not kept.identity["merged"]
-    assert kept.identity == attached.identity
+    same = {k: v for k, v in attached.identity.items() if k != "products"}
+    if "products" in attached.identity:  # float64 products need the dense copies; without them, float32 ones
+        same["numerics"] = "batch-dependent"
+    assert kept.identity == same
 
 
 @pytest.mark.slow
