@@ -103,7 +103,7 @@ def float64_products(model, memory_share: float = 0.25) -> bool:
     if any(isinstance(m, bnb.nn.Linear4bit) and not hasattr(m, "dense_weight") for m in layers):
         return False
     weights = sum(m.out_features * m.in_features for m in layers)
-    if weights * 8 > memory_share * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"):
+    if not _fits(weights * 8, memory_share):
         return False
     with torch.no_grad():
         for module in layers:
@@ -147,7 +147,7 @@ def dequantise_once(model, memory_share: float = 0.25) -> None:
               if isinstance(m, bnb.nn.Linear4bit) and not m.support_avx512bf16_for_cpu
               and not m.weight.quant_state.nested]
     dense_bytes = sum(m.weight.quant_state.shape.numel() * dtype.itemsize for m, dtype in layers)
-    if dense_bytes > memory_share * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"):
+    if not _fits(dense_bytes, memory_share):
         return
     for module, dtype in layers:
         state = module.weight.quant_state
@@ -182,6 +182,11 @@ def fold_adapter(model):
                 delta = layer.lora_B[name].weight.float() @ layer.lora_A[name].weight.float()
                 dense += (delta * layer.scaling[name]).to(dense.dtype)
     return model.unload()
+
+
+def _fits(nbytes: int, memory_share: float) -> bool:
+    """Whether copies of `nbytes` take at most `memory_share` of the machine's memory."""
+    return nbytes <= memory_share * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def _float64_forward(self, x):
