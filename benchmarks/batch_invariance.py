@@ -5,8 +5,8 @@ The tuned model (embedded SmolLM2 + the reference adapter, NF4 as the suite runs
 first N notes of the test split, free decoding, no cache: all together (the suite's batching), then
 one at a time. Each setting runs in its own process, because MKL reads its reproducibility mode once:
   - 'batch-dependent': MKL_CBWR=AUTO and transformers' SDPA attention (the numerics before);
-  - 'batch-invariant': the harness's defaults (MKL_CBWR=AVX2,STRICT, float64 attention; float64 products
-    where MKL's strict mode does not take, as on AMD CPUs).
+  - 'batch-invariant': the harness's defaults (MKL_CBWR=AVX2,STRICT, float64 attention; invariant
+    products, padded to 4 rows or in float64, where MKL's strict mode does not take, as on AMD CPUs).
 Writes JSON with, per setting, how many outputs differ and the tokens/s of each way.
 
     .venv/bin/python benchmarks/batch_invariance.py --notes 100 --out reports/benchmark-batch-invariance.json

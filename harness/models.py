@@ -27,8 +27,8 @@ from harness.hashing import folder_weights_sha256, sha256_file, sha256_text
 from harness.nf4_grid import prepared_name
 from harness.numerics import (
     dequantise_once,
-    float64_products,
     fold_adapter,
+    invariant_products,
     nf4_kernel,
     numerics,
     pin_reproducible_blas,
@@ -408,8 +408,8 @@ class HFBackend:
                         raise AdapterError(f"adapter {adapter.path}: {exc}") from None
         # Merged (by peft or folded) leaves a plain model; "auto" may have kept the adapter attached.
         merged = adapter is not None and not hasattr(self.model, "peft_config")
-        # Where MKL's sums depend on the shape, the batch-invariant numerics take float64 products
-        products64 = spec.attn_implementation is None and float64_products(self.model)
+        # Where MKL's sums depend on the shape, the batch-invariant numerics make the products invariant
+        products = invariant_products(self.model) if spec.attn_implementation is None else None
         self._prepare({
             "model": self.resolved.name,
             "weights_sha256": self.resolved.weights_sha256,
@@ -420,7 +420,7 @@ class HFBackend:
             "merged": merged,
             "numerics": numerics(self.model, spec.attn_implementation),
             **({"nf4_kernel": nf4_kernel(self.model)} if spec.quantization == "nf4" else {}),
-            **({"products": "float64"} if products64 else {}),
+            **({"products": products} if products else {}),
             **({"base_grid": "nf4"} if self.resolved.nf4_grid else {}),
         })
         self.load_seconds = time.perf_counter() - t0

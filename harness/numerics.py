@@ -27,6 +27,7 @@ keys), which lets a constrained decoding go on from the beginning it shares with
 
 from __future__ import annotations
 
+import functools
 import os
 
 CBWR = "AVX2,STRICT"
@@ -77,41 +78,70 @@ def register_attention() -> str:
 def numerics(model, attn_implementation: str | None) -> str:
     """How a loaded model's outputs relate to batching, recorded in its identity (and so in the
     cache key): 'batch-invariant' when it runs float64 attention and its products are shape-independent,
-    MKL's own or float64 ones (`float64_products`)."""
-    invariant = attn_implementation is None and (getattr(model, "float64_products", False)
+    MKL's own or the harness's (`invariant_products`)."""
+    invariant = attn_implementation is None and (getattr(model, "invariant_products", None) is not None
                                                  or blas_is_batch_invariant(model.device))
     return "batch-invariant" if invariant else "batch-dependent"
 
 
-def float64_products(model, memory_share: float = 0.25) -> bool:
-    """Where MKL's strict mode leaves a row of a product dependent on the rows beside it, every linear
-    product of the model runs in float64 on a float64 copy of its weight and is rounded back, as attention
-    is: the sums still group by shape, but their last-bit differences vanish in the rounding. MKL takes
-    CNR's instruction branches only on Intel CPUs: on an AMD EPYC with AVX2 it reports 'CNR:AUTO,STRICT'
-    for MKL_CBWR=AVX2,STRICT, and one row alone differs from the same row among others by up to 2e-5.
-    Linear layers only: the harness's NF4 layers once dequantised (`dequantise_once`), the LM head, and
-    LoRA's. Returns whether it did; not on a GPU, where MKL is not used, nor where the copies (8 bytes a
-    weight) would take more than `memory_share` of the machine's memory, nor where an NF4 layer kept
-    dequantising per call. The model's identity records it (`products`), so cached outputs of one
-    arithmetic are never served for the other."""
+# Products of fewer rows than this take other MKL kernels (on the AMD EPYC measured: 1 to 3 rows).
+MIN_ROWS = 4
+# The row counts a layer's shape is tried at (`rows_are_invariant`): around MKL's kernel and thread
+# boundaries, and up to a prefill's thousands of rows where that costs little.
+_TRIED_ROWS = (5, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 127, 128, 129, 255, 256, 257, 1000, 2500)
+
+
+def invariant_products(model, memory_share: float = 0.25) -> str | None:
+    """Where MKL's strict mode leaves a row of a product dependent on the rows beside it, make every
+    linear product of the model independent of them. MKL takes CNR's instruction branches only on
+    Intel CPUs: on an AMD EPYC with AVX2 it reports 'CNR:AUTO,STRICT' for MKL_CBWR=AVX2,STRICT, and a
+    row alone differs from the same row among others by up to 2e-5. There the dependence came from
+    two places only: products of fewer than MIN_ROWS rows (other kernels), and layers with few outputs
+    (LoRA's A, 16: another kernel from 16 rows on). So each linear layer (the harness's NF4 layers once
+    dequantised, `dequantise_once`; the LM head; LoRA's) whose shape passes `rows_are_invariant` multiplies
+    in its own dtype with its rows padded to MIN_ROWS, and any other one in float64 on a float64 copy of its
+    weight, rounded back (a float64 sum's last-bit changes vanish in the rounding, as in attention).
+    Returns how, for the model's identity (so cached outputs of one arithmetic are never served for
+    another), or None: on a GPU, where MKL is invariant, where an NF4 layer kept dequantising per call,
+    or where the float64 copies would take more than `memory_share` of the machine's memory."""
     import bitsandbytes as bnb
     import torch
 
     if model.device.type != "cpu" or blas_is_batch_invariant():
-        return False
+        return None
     layers = [m for m in model.modules() if isinstance(m, (torch.nn.Linear, bnb.nn.Linear4bit))]
     if any(isinstance(m, bnb.nn.Linear4bit) and not hasattr(m, "dense_weight") for m in layers):
-        return False
-    weights = sum(m.out_features * m.in_features for m in layers)
-    if not _fits(weights * 8, memory_share):
-        return False
+        return None
+    weights = {m: m.dense_weight if hasattr(m, "dense_weight") else m.weight for m in layers}
+    wide = {m for m in layers
+            if not rows_are_invariant(m.in_features, m.out_features, weights[m].dtype, m.bias is not None)}
+    if not _fits(sum(m.out_features * m.in_features for m in wide) * 8, memory_share):
+        return None
     with torch.no_grad():
         for module in layers:
-            weight = module.dense_weight if hasattr(module, "dense_weight") else module.weight
-            module.weight64 = weight.detach().double()
-            module.forward = _float64_forward.__get__(module)
-    model.float64_products = True
-    return True
+            if module in wide:
+                module.weight64 = weights[module].detach().double()
+                module.forward = _float64_forward.__get__(module)
+            else:
+                module.product_weight = weights[module]
+                module.forward = _padded_forward.__get__(module)
+    model.invariant_products = f"rows>={MIN_ROWS}" + (f", float64 on {len(wide)} layers" if wide else "")
+    return model.invariant_products
+
+
+@functools.cache
+def rows_are_invariant(in_features: int, out_features: int, dtype, bias: bool) -> bool:
+    """Whether MKL computes the first MIN_ROWS rows of a product of this shape the same whatever the
+    number of rows below them (tried at `_TRIED_ROWS`, as far as 2 GFLOP a product)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(out_features, in_features, generator=gen).to(dtype)
+    b = torch.randn(out_features, generator=gen).to(dtype) if bias else None
+    counts = [m for m in _TRIED_ROWS if 2 * m * in_features * out_features <= 2e9]
+    x = torch.randn(max(counts, default=MIN_ROWS), in_features, generator=gen).to(dtype)
+    first = torch.nn.functional.linear(x[:MIN_ROWS], w, b)
+    return all(torch.equal(torch.nn.functional.linear(x[:m], w, b)[:MIN_ROWS], first) for m in counts)
 
 
 def nf4_kernel(model) -> str:
@@ -189,8 +219,21 @@ def _fits(nbytes: int, memory_share: float) -> bool:
     return nbytes <= memory_share * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
+def _padded_forward(self, x):
+    """A linear layer's product with at least MIN_ROWS rows, padded with zeros (see invariant_products)."""
+    import torch
+
+    rows = x.reshape(-1, x.shape[-1]).to(self.product_weight.dtype)
+    count = rows.shape[0]
+    if count < MIN_ROWS:
+        rows = torch.cat([rows, rows.new_zeros(MIN_ROWS - count, rows.shape[1])])
+    bias = None if self.bias is None else self.bias.to(rows.dtype)
+    out = torch.nn.functional.linear(rows, self.product_weight, bias)[:count]
+    return out.reshape(*x.shape[:-1], out.shape[-1]).to(x.dtype)
+
+
 def _float64_forward(self, x):
-    """A linear layer's product in float64, rounded back to the input's dtype (see float64_products)."""
+    """A linear layer's product in float64, rounded back to the input's dtype (see invariant_products)."""
     import torch
 
     bias = None if self.bias is None else self.bias.double()

@@ -193,9 +193,9 @@ def test_nf4_on_any_cpu_computes_as_training_does(adapter_copy, monkeypatch):
     from harness.cache import cache_key
     from harness.numerics import dequantise_once
 
-    # The dequantised path against bitsandbytes' own, in float32: not the float64 products a CPU whose MKL
-    # sums depend on the shape takes on top of it (harness.numerics.float64_products)
-    monkeypatch.setattr(models, "float64_products", lambda model: False)
+    # The dequantised path against bitsandbytes' own, as they are: not the invariant products a CPU whose
+    # MKL sums depend on the shape takes on top of it (harness.numerics.invariant_products)
+    monkeypatch.setattr(models, "invariant_products", lambda model: None)
     here = HFBackend(ModelSpec(quantization="nf4", adapter=str(adapter_copy)))
     monkeypatch.setattr(bnb.nn.modules, "has_avx512bf16", lambda: False)  # a CPU without avx512_bf16
     monkeypatch.setattr(models, "dequantise_once", lambda model: dequantise_once(model, memory_share=0))
@@ -250,7 +250,7 @@ def test_an_adapter_merged_into_nf4_weights_dequantised_once_answers_as_attached
     kept = HFBackend(ModelSpec(quantization="nf4", adapter=str(adapter_copy), merge_adapter="auto"))
     assert any(isinstance(m, LoraLayer) for m in kept.model.modules()) and not kept.identity["merged"]
     same = {k: v for k, v in attached.identity.items() if k != "products"}
-    if "products" in attached.identity:  # float64 products need the dense copies; without them, float32 ones
+    if "products" in attached.identity:  # invariant products need the dense copies; without them, MKL's
         same["numerics"] = "batch-dependent"
     assert kept.identity == same
 
