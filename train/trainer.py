@@ -55,7 +55,9 @@ def encode_example(tokenizer, note: str, answer: str, split_quotes: str = "none"
     """
     split = QUOTE_SPLITS[split_quotes]
     prompt_ids = tokenizer(render_prompt(tokenizer, note), add_special_tokens=False)["input_ids"]
-    end = "<|im_end|>" if "<|im_end|>" in tokenizer.get_vocab() else tokenizer.eos_token
+    # Asked by id: get_vocab() builds the whole 49k-entry dict, 60 ms a call, 30 s over a dataset.
+    end = "<|im_end|>" if tokenizer.convert_tokens_to_ids("<|im_end|>") not in (None, tokenizer.unk_token_id) \
+        else tokenizer.eos_token
     pieces = split.split(answer) if split else [answer]
     pieces[-1] += end
     answer_ids = [i for piece in pieces for i in tokenizer(piece, add_special_tokens=False)["input_ids"]]

@@ -1,6 +1,7 @@
 """The `sunrise` command: clear errors for bad input, and `extract` end to end on the real model."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -86,7 +87,9 @@ def test_extract_seed_notes_base_and_tuned(tmp_path):
 
 @pytest.mark.slow
 def test_main_job_end_to_end(tmp_path):
-    """The README's first command, shortened: dataset, training, then the suite and its report."""
+    """The README's first command, shortened: dataset, training, then the suite and its report. Two steps
+    make a barely trained adapter, so this is also the gate failing one for real against the reference
+    baseline, with the flips named."""
     root = Path(__file__).resolve().parents[2]
     cmd = [sys.executable, "-m", "harness.cli", "main", "--out", str(tmp_path / "run"), "--report-dir",
            str(tmp_path / "reports"), "--max-steps", "2", "--", "--scenario-sets", "seed", "-k", "not hypothesis",
@@ -97,3 +100,7 @@ def test_main_job_end_to_end(tmp_path):
     assert (tmp_path / "run" / "adapter" / "manifest.json").is_file()
     assert list((tmp_path / "reports").glob("*/report.html")) and (tmp_path / "reports" / "index.html").is_file()
     assert "gate: FAILED" in proc.stdout and "the job itself completed" in proc.stdout  # 2 steps: not good enough
+    assert "worse than baseline: " in proc.stdout and "FAILED tests/evaluation/test_models.py::" \
+        "test_not_worse_than_baseline[tuned-free]" in proc.stdout
+    # the summary's line; seed-3 is a seed note the reference adapter gets right
+    assert re.search(r"^\s*flipped pass->fail: .*\bseed-3\b", proc.stdout, re.MULTILINE)
