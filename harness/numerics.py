@@ -223,26 +223,27 @@ def _padded_forward(self, x):
     """A linear layer's product with at least MIN_ROWS rows, padded with zeros (see invariant_products)."""
     import torch
 
-    rows = x.reshape(-1, x.shape[-1]).to(self.product_weight.dtype)
+    rows = x.reshape(-1, x.shape[-1])
     count = rows.shape[0]
     if count < MIN_ROWS:
         rows = torch.cat([rows, rows.new_zeros(MIN_ROWS - count, rows.shape[1])])
-    bias = None if self.bias is None else self.bias.to(rows.dtype)
-    out = torch.nn.functional.linear(rows, self.product_weight, bias)[:count]
-    return out.reshape(*x.shape[:-1], out.shape[-1]).to(x.dtype)
+    out = _product(rows, self.product_weight, self.bias)[:count]
+    return out.reshape(*x.shape[:-1], out.shape[-1])
 
 
 def _float64_forward(self, x):
     """A linear layer's product in float64, rounded back to the input's dtype (see invariant_products)."""
-    import torch
-
-    bias = None if self.bias is None else self.bias.double()
-    return torch.nn.functional.linear(x.double(), self.weight64, bias).to(x.dtype)
+    return _product(x, self.weight64, self.bias)
 
 
 def _dense_forward(self, x):
     """Linear4bit.forward with the weight dequantised once (see dequantise_once)."""
+    return _product(x, self.dense_weight, self.bias)
+
+
+def _product(x, weight, bias):
+    """x times `weight` (and its bias) in the weight's dtype, returned in x's."""
     import torch
 
-    bias = None if self.bias is None else self.bias.to(self.dense_weight.dtype)
-    return torch.nn.functional.linear(x.to(self.dense_weight.dtype), self.dense_weight, bias).to(x.dtype)
+    bias = None if bias is None else bias.to(weight.dtype)
+    return torch.nn.functional.linear(x.to(weight.dtype), weight, bias).to(x.dtype)
