@@ -166,7 +166,7 @@ def cmd_train(args) -> int:
     overrides = {k: getattr(args, k) for k in ("learning_rate", "max_steps", "epochs", "batch_size", "grad_accum",
                                                "eval_steps", "rank", "alpha", "precision", "seed", "check_numerics",
                                                "check_notes", "split_quotes", "loraplus_ratio",
-                                               "share_dropout_masks")}
+                                               "share_dropout_masks", "split_note_spaces")}
     overrides.update(quantization=args.quantization, attn_implementation=args.attn_implementation)
     if args.target_modules:
         overrides["target_modules"] = tuple(args.target_modules.split(","))
@@ -359,6 +359,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--share-dropout-masks", action=argparse.BooleanOptionalAction, default=None,
                    help="LoRA layers reading the same input (q, k, v; gate, up) share one dropout mask: "
                         "1.1x faster on a CPU, a different recipe (default: off; see README)")
+    p.add_argument("--split-note-spaces", action=argparse.BooleanOptionalAction, default=None,
+                   help="cut the notes at their spaces before BPE, so answers copy the note's own tokens: "
+                        "field F1 0.894 against 0.850 for the full profile; the adapter is then read so "
+                        "in process and by `sunrise serve`, not by servers that tokenize the note themselves "
+                        "(default: off; see README)")
     p.add_argument("--precision", choices=get_args(Precision), default=None,
                    help="fp32 turns mixed precision off (GPUs without bf16 such as the GTX 1070 Ti)")
     p.add_argument("--target-modules", default=None, help="comma-separated, e.g. q_proj,k_proj,v_proj,o_proj")

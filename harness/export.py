@@ -108,6 +108,10 @@ class _Source:
     @classmethod
     def find(cls, adapter: str | Path, base: str) -> _Source:
         info = inspect_adapter(adapter)
+        if info.split_note_spaces:
+            raise HarnessError(f"{info.path} was trained on notes cut at their spaces (--split-note-spaces); "
+                               "an engine that tokenizes the note itself would read it otherwise, so it is not "
+                               "exported. Evaluate it in process, or serve it with `sunrise serve`")
         resolved = resolve_base(base)
         check_adapter_base(info, resolved)
         path = info.path / "manifest.json"

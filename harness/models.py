@@ -34,7 +34,7 @@ from harness.numerics import (
     pin_reproducible_blas,
     register_attention,
 )
-from harness.prompt import PROMPTS, Prompt, render_prompt
+from harness.prompt import PROMPTS, Prompt, prompt_ids
 from harness.schema import dumps, empty_summary
 from harness.settings import cache_root
 
@@ -259,6 +259,7 @@ class AdapterInfo:
     path: Path
     base_name: str
     sha256: str
+    split_note_spaces: bool = False  # trained on notes cut at their spaces (harness.prompt.prompt_ids)
 
 
 def inspect_adapter(adapter: str | Path) -> AdapterInfo:
@@ -278,7 +279,21 @@ def inspect_adapter(adapter: str | Path) -> AdapterInfo:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise AdapterError(f"{config_path} is missing or unreadable ({exc.__class__.__name__}: {exc})") from None
     return AdapterInfo(path=path, base_name=str(base_name),
-                       sha256=sha256_text(sha256_file(config_path) + sha256_file(weights)))
+                       sha256=sha256_text(sha256_file(config_path) + sha256_file(weights)),
+                       split_note_spaces=_trained_setting(path, "split_note_spaces", False))
+
+
+def _trained_setting(path: Path, name: str, default: Any) -> Any:
+    """A hyperparameter from the manifest `sunrise train` writes beside an adapter; `default` for an
+    adapter trained elsewhere (no manifest)."""
+    manifest = path / "manifest.json"
+    if not manifest.is_file():
+        return default
+    try:
+        hyper = json.loads(manifest.read_text()).get("hyperparameters") or {}
+        return hyper.get(name, default)
+    except (OSError, ValueError, AttributeError) as exc:
+        raise AdapterError(f"{manifest} is unreadable ({exc.__class__.__name__}: {exc})") from None
 
 
 def _same_base(adapter_base: str, loaded: ResolvedBase) -> bool:
@@ -386,6 +401,9 @@ def attach_adapter(model, spec: ModelSpec, resolved: ResolvedBase, info: Adapter
     return model
 
 
+SPLIT_NOTE = "split at spaces"  # the identity's note_tokens for an adapter trained so (harness.prompt.prompt_ids)
+
+
 class HFBackend:
     """A Hugging Face causal LM (optionally with a LoRA adapter), greedy and batched."""
 
@@ -393,6 +411,7 @@ class HFBackend:
         t0 = time.perf_counter()
         self.spec = spec
         adapter = inspect_adapter(spec.adapter) if spec.adapter else None
+        self.split_note_spaces = bool(adapter and adapter.split_note_spaces)
         self.resolved = resolve_base(spec.base, cache_dir)
         if adapter:
             check_adapter_base(adapter, self.resolved)
@@ -422,6 +441,7 @@ class HFBackend:
             **({"nf4_kernel": nf4_kernel(self.model)} if spec.quantization == "nf4" else {}),
             **({"products": products} if products else {}),
             **({"base_grid": "nf4"} if self.resolved.nf4_grid else {}),
+            **({"note_tokens": SPLIT_NOTE} if self.split_note_spaces else {}),
         })
         self.load_seconds = time.perf_counter() - t0
 
@@ -431,6 +451,7 @@ class HFBackend:
         exactly, since it keys the generation cache."""
         self = cls.__new__(cls)
         self.spec, self.resolved, self.tokenizer, self.model, self.load_seconds = None, None, tokenizer, model, 0.0
+        self.split_note_spaces = identity.get("note_tokens") == SPLIT_NOTE
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         self._prepare(dict(identity))
@@ -463,8 +484,7 @@ class HFBackend:
         return self._template_tokens[prompt]
 
     def encode(self, notes: list[str], prompt: str = "trained") -> list[list[int]]:
-        prompts = [render_prompt(self.tokenizer, n, prompt) for n in notes]
-        return self.tokenizer(prompts, add_special_tokens=False)["input_ids"]
+        return [prompt_ids(self.tokenizer, n, prompt, self.split_note_spaces) for n in notes]
 
     def token_limit(self, note: str, prompt_tokens: int, settings: GenerationSettings) -> int:
         return token_limit(self.max_new_tokens(prompt_tokens, settings), note, settings)

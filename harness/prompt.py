@@ -12,6 +12,7 @@ vocabulary, so no held-out concept leaks into the prompt.
 from __future__ import annotations
 
 import json
+import re
 from typing import Literal
 
 from harness.hashing import sha256_text
@@ -76,3 +77,21 @@ def messages(note: str, answer: str | None = None, prompt: str = "trained") -> l
 def render_prompt(tokenizer, note: str, prompt: str = "trained") -> str:
     """The text a model sees before it answers."""
     return tokenizer.apply_chat_template(messages(note, prompt=prompt), tokenize=False, add_generation_prompt=True)
+
+
+_NOTE = "\x00note\x00"  # stands for the note while the template around it is rendered
+
+
+def prompt_ids(tokenizer, note: str, prompt: str = "trained", split_note_spaces: bool = False) -> list[int]:
+    """The token ids of `render_prompt`. With `split_note_spaces`, the note is cut at its spaces before
+    BPE, each space its own token: the note's words are then the tokens an answer writes when a value
+    begins with them (BPE gives ' vomiting' in running text but 'v' 'om' 'iting' after a quote), so
+    copying a value is copying tokens. The text is the same; only the note's token boundaries differ.
+    An adapter trained so must be read so (its manifest says it; README, "The note cut at its spaces")."""
+    def encode(text: str) -> list[int]:
+        return tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+
+    if not split_note_spaces:
+        return encode(render_prompt(tokenizer, note, prompt))
+    before, after = render_prompt(tokenizer, _NOTE, prompt).split(_NOTE)
+    return encode(before) + [i for piece in re.split("( )", note) for i in encode(piece)] + encode(after)

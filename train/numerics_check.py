@@ -149,7 +149,8 @@ def validation_loss(backend, cases: list[Case], batch_size: int = 8, split_quote
     total, count = 0.0, 0
     with torch.inference_mode():
         for start in range(0, len(cases), batch_size):
-            batch = collate([encode_example(backend.tokenizer, c.note, dumps(c.expected), split_quotes)
+            batch = collate([encode_example(backend.tokenizer, c.note, dumps(c.expected), split_quotes,
+                                            backend.split_note_spaces)
                              for c in cases[start:start + batch_size]])
             tokens = int((batch["labels"][:, 1:] != IGNORE).sum())  # the loss shifts labels by one
             loss = backend.model(**{k: v.to(backend.model.device) if torch.is_tensor(v) else v

@@ -22,7 +22,7 @@ from harness.atomic import staged_file, write_atomic
 from harness.environment import versions
 from harness.hashing import sha256_file
 from harness.models import ModelSpec, load_base_model, peft_quietly, resolve_base
-from harness.prompt import render_prompt
+from harness.prompt import prompt_ids as encode_prompt
 from scenarios.records import read_cases
 from scenarios.splits import SplitSizes
 from scenarios.vocab import HELD_OUT
@@ -38,7 +38,8 @@ _CLOSER, _OPENER = r'(?<=")(?=[}\]])', r'(?<=":)(?=")'
 QUOTE_SPLITS = {"none": None, "closers": re.compile(_CLOSER), "all": re.compile(f"{_CLOSER}|{_OPENER}")}
 
 
-def encode_example(tokenizer, note: str, answer: str, split_quotes: str = "none") -> dict:
+def encode_example(tokenizer, note: str, answer: str, split_quotes: str = "none",
+                   split_note_spaces: bool = False) -> dict:
     """Token ids and labels for one record; labels are IGNORE over the prompt (system, note, header).
 
     `split_quotes` cuts the answer before BPE so that quotes which carry a decision are their own
@@ -52,9 +53,11 @@ def encode_example(tokenizer, note: str, answer: str, split_quotes: str = "none"
       ends the key also decides whether the value is null. Trained that way, adapters wrote a name
       for every note without one, training notes included (README, "The reference adapter"). Split,
       every key ends in '":' and the value's first token decides, as it always did for the age.
+    `split_note_spaces` cuts the note at its spaces (harness.prompt.prompt_ids), so a value's first word
+    is in the note as the answer writes it.
     """
     split = QUOTE_SPLITS[split_quotes]
-    prompt_ids = tokenizer(render_prompt(tokenizer, note), add_special_tokens=False)["input_ids"]
+    prompt_ids = encode_prompt(tokenizer, note, split_note_spaces=split_note_spaces)
     # Asked by id: get_vocab() builds the whole 49k-entry dict, 60 ms a call, 30 s over a dataset.
     end = "<|im_end|>" if tokenizer.convert_tokens_to_ids("<|im_end|>") not in (None, tokenizer.unk_token_id) \
         else tokenizer.eos_token
@@ -193,7 +196,8 @@ def train(config: TrainConfig, out_dir: Path, data_dir: Path | None = None, resu
     def encode(cases):
         from harness.schema import dumps
 
-        return Dataset.from_list([encode_example(tokenizer, c.note, dumps(c.expected), config.split_quotes)
+        return Dataset.from_list([encode_example(tokenizer, c.note, dumps(c.expected), config.split_quotes,
+                                                 config.split_note_spaces)
                                   for c in cases])
 
     train_ds, val_ds = encode(train_cases), encode(val_cases)

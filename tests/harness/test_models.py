@@ -68,6 +68,20 @@ def test_adapter_without_config_or_weights(tmp_path):
         inspect_adapter(folder)
 
 
+def test_an_adapters_manifest_says_how_it_reads_notes(tmp_path):
+    """`sunrise train --split-note-spaces` records it in the manifest beside the adapter; an adapter
+    trained elsewhere has none and reads notes as BPE cuts them."""
+    folder = _adapter(tmp_path)
+    assert not inspect_adapter(folder).split_note_spaces
+    (folder / "manifest.json").write_text(json.dumps({"adapter_sha256": "0" * 64}))  # says nothing of it
+    assert not inspect_adapter(folder).split_note_spaces
+    (folder / "manifest.json").write_text(json.dumps({"hyperparameters": {"split_note_spaces": True}}))
+    assert inspect_adapter(folder).split_note_spaces
+    (folder / "manifest.json").write_text("{not json")
+    with pytest.raises(AdapterError, match="manifest.json is unreadable"):
+        inspect_adapter(folder)
+
+
 def test_adapter_base_mismatch_is_an_error(tmp_path):
     info = inspect_adapter(_adapter(tmp_path, base="Qwen/Qwen2.5-3B-Instruct"))
     with pytest.raises(AdapterError, match="trained on 'Qwen/Qwen2.5-3B-Instruct'.*SmolLM2"):
@@ -161,6 +175,30 @@ def test_nf4_with_reference_adapter_extracts_seed_notes():
 
     outs = tuned.generate([c.note for c in SEED], GenerationSettings())
     assert sum(validate_text(o.text) == [] for o in outs) >= 4
+
+
+@pytest.mark.slow
+def test_an_adapter_trained_on_notes_cut_at_their_spaces_is_read_so(adapter_copy):
+    """Generation encodes the note as the adapter's training did (its manifest says how), and the
+    identity, so the cache key, says which way it was read."""
+    from harness.schema import dumps
+    from train.trainer import IGNORE, encode_example
+
+    manifest = json.loads((adapter_copy / "manifest.json").read_text())
+    manifest["hyperparameters"]["split_note_spaces"] = True
+    (adapter_copy / "manifest.json").write_text(json.dumps(manifest))
+    cut = HFBackend(ModelSpec(quantization="nf4", adapter=str(adapter_copy)))
+    assert cut.identity["note_tokens"] == "split at spaces"
+    note = SEED[0].note
+    example = encode_example(cut.tokenizer, note, dumps(SEED[0].expected), "all", split_note_spaces=True)
+    as_trained = [t for t, label in zip(example["input_ids"], example["labels"], strict=True) if label == IGNORE]
+    assert cut.encode([note])[0] == as_trained
+    plain = HFBackend.from_model(cut.tokenizer, cut.model, {k: v for k, v in cut.identity.items()
+                                                            if k != "note_tokens"})
+    bpe = plain.encode([note])[0]
+    assert bpe != as_trained and cut.tokenizer.decode(bpe) == cut.tokenizer.decode(as_trained)
+    answer = cut.generate([note], GenerationSettings(max_new_tokens=8))[0]
+    assert answer.error is None and answer.prompt_tokens == len(as_trained)
 
 
 @pytest.mark.slow

@@ -276,6 +276,28 @@ def test_split_quotes_keep_the_text_and_give_each_deciding_quote_its_own_token(t
     assert set(keys) == {'":'} and len(keys) == answer.count('":')
 
 
+@pytest.mark.slow
+def test_split_note_spaces_keep_the_text_and_put_a_values_first_word_in_the_note_as_answers_write_it(tokenizer):
+    note = "Pt Mary Walker, c/o vomiting and rash on arms. On Salbutamol 100 mcg."
+    answer = '{"reasonCode":[{"text":"vomiting"},{"text":"rash on arms"}]}'
+
+    def split(ex, learned):
+        return [t for t, lab in zip(ex["input_ids"], ex["labels"], strict=True) if (lab != IGNORE) == learned]
+
+    plain, cut = (encode_example(tokenizer, note, answer, "all", spaces) for spaces in (False, True))
+    assert tokenizer.decode(split(cut, False)) == tokenizer.decode(split(plain, False))  # the same text
+    assert split(cut, True) == split(plain, True)  # and the same answer tokens
+    space = tokenizer(" ", add_special_tokens=False)["input_ids"]
+    assert len(space) == 1 and split(cut, False).count(space[0]) == note.count(" ")
+    # BPE writes ' vomiting' in the note but 'v' 'om' 'iting' after the answer's quote; cut, the note has those.
+    first = tokenizer("vomiting", add_special_tokens=False)["input_ids"]
+
+    def holds(ids):
+        return any(ids[i:i + len(first)] == first for i in range(len(ids)))
+
+    assert len(first) > 1 and holds(split(cut, False)) and not holds(split(plain, False))
+
+
 def _sunrise(*args, **kwargs) -> subprocess.Popen:
     """Training runs in its own process, as users run it (and as bitsandbytes' CPU state expects)."""
     return subprocess.Popen([sys.executable, "-m", "harness.cli", *map(str, args)], stdout=subprocess.PIPE,
@@ -337,8 +359,9 @@ def test_short_real_training_lowers_the_loss_and_writes_every_output(tmp_path, t
 def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, tiny_data):
     """A kill loses at most one evaluation interval: rerunning the command resumes from the checkpoint."""
     out = tmp_path / "run"
-    # With shared dropout masks (an option, off by default), so that the option's path runs here too.
-    args = [*_train_args(tiny_data, out, 6, 2), "--share-dropout-masks"]
+    # With shared dropout masks and notes cut at their spaces (options, off by default), so that their
+    # paths run here too.
+    args = [*_train_args(tiny_data, out, 6, 2), "--share-dropout-masks", "--split-note-spaces"]
     proc = _sunrise(*args)
     deadline = time.monotonic() + 600
     while not (out / "checkpoints" / "checkpoint-2" / "trainer_state.json").is_file():
@@ -356,3 +379,4 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, tiny_data):
     assert steps == [1, 2, 3, 4, 5, 6]  # nothing lost before the checkpoint, nothing logged twice
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["steps"] == 6 and manifest["hyperparameters"]["share_dropout_masks"] is True
+    assert manifest["hyperparameters"]["split_note_spaces"] is True
