@@ -10,7 +10,6 @@ trained on. The record says which.
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,7 +102,6 @@ class _Source:
 
     info: AdapterInfo
     resolved: ResolvedBase
-    manifest: dict
 
     @classmethod
     def find(cls, adapter: str | Path, base: str) -> _Source:
@@ -114,12 +112,11 @@ class _Source:
                                "exported. Evaluate it in process, or serve it with `sunrise serve`")
         resolved = resolve_base(base)
         check_adapter_base(info, resolved)
-        path = info.path / "manifest.json"
-        try:
-            manifest = json.loads(path.read_text()) if path.is_file() else {}
-        except ValueError:
-            manifest = {}
-        return cls(info, resolved, manifest)
+        return cls(info, resolved)
+
+    @property
+    def manifest(self) -> dict:
+        return self.info.manifest
 
     @property
     def trained_on(self) -> str | None:

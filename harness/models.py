@@ -14,7 +14,7 @@ import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol, get_args
 
@@ -259,7 +259,13 @@ class AdapterInfo:
     path: Path
     base_name: str
     sha256: str
-    split_note_spaces: bool = False  # trained on notes cut at their spaces (harness.prompt.prompt_ids)
+    # The manifest `sunrise train` writes beside an adapter, read once here; {} for one trained elsewhere.
+    manifest: dict = field(default_factory=dict, compare=False)
+
+    @property
+    def split_note_spaces(self) -> bool:
+        """Trained on notes cut at their spaces (harness.prompt.prompt_ids), so it must be read so."""
+        return bool((self.manifest.get("hyperparameters") or {}).get("split_note_spaces"))
 
 
 def inspect_adapter(adapter: str | Path) -> AdapterInfo:
@@ -280,20 +286,19 @@ def inspect_adapter(adapter: str | Path) -> AdapterInfo:
         raise AdapterError(f"{config_path} is missing or unreadable ({exc.__class__.__name__}: {exc})") from None
     return AdapterInfo(path=path, base_name=str(base_name),
                        sha256=sha256_text(sha256_file(config_path) + sha256_file(weights)),
-                       split_note_spaces=_trained_setting(path, "split_note_spaces", False))
+                       manifest=_read_manifest(path / "manifest.json"))
 
 
-def _trained_setting(path: Path, name: str, default: Any) -> Any:
-    """A hyperparameter from the manifest `sunrise train` writes beside an adapter; `default` for an
-    adapter trained elsewhere (no manifest)."""
-    manifest = path / "manifest.json"
+def _read_manifest(manifest: Path) -> dict:
     if not manifest.is_file():
-        return default
+        return {}
     try:
-        hyper = json.loads(manifest.read_text()).get("hyperparameters") or {}
-        return hyper.get(name, default)
-    except (OSError, ValueError, AttributeError) as exc:
+        record = json.loads(manifest.read_text())
+    except (OSError, ValueError) as exc:
         raise AdapterError(f"{manifest} is unreadable ({exc.__class__.__name__}: {exc})") from None
+    if not isinstance(record, dict):
+        raise AdapterError(f"{manifest} is unreadable (not a JSON object)")
+    return record
 
 
 def _same_base(adapter_base: str, loaded: ResolvedBase) -> bool:
