@@ -33,10 +33,10 @@ def check_numerics(adapter_dir: Path, base_model: str, val_cases: list[Case], no
     `split_quotes` as the adapter was trained (train.trainer.encode_example; default: as its manifest
     says)."""
     from harness.evaluation import score_split
-    from harness.models import HFBackend, ModelSpec
+    from harness.models import HFBackend, ModelSpec, inspect_adapter
     from scenarios.splits import generate_split
 
-    split_quotes = split_quotes or trained_split(adapter_dir)
+    split_quotes = split_quotes or inspect_adapter(adapter_dir).split_quotes
     test_cases = generate_split("test", notes) if notes else []
     figures = {}
     for quantization in NUMERICS:
@@ -86,7 +86,7 @@ def check_saved_adapter(adapter_dir: Path, notes: int, data_dir: Path | None = N
     from train.trainer import write_manifest
 
     val_cases = _training_validation(dataset, data_dir)
-    result = check_numerics(adapter_dir, base_model or hyper["base_model"], val_cases, notes, _split_of(hyper))
+    result = check_numerics(adapter_dir, base_model or hyper["base_model"], val_cases, notes)
     manifest["numerics_check"] = {**result, "recorded": f"after training, by sunrise check-numerics, {date.today()}"}
     write_manifest(adapter_dir, manifest)
     return manifest["numerics_check"]
@@ -119,22 +119,6 @@ def _checked_cases(data_dir: Path, sha256: str, what: str) -> list[Case]:
         raise HarnessError(f"{what} is not the data the adapter was trained on (its manifest's dataset sha256 "
                            f"{sha256[:12]}...); pass the training data as --data")
     return read_cases(data_dir / "val.jsonl")
-
-
-def trained_split(adapter_dir: Path) -> str:
-    """How an adapter's training tokenised the answers' quotes, from its manifest. Tokenised another way,
-    an adapter scores far worse (the reference adapter's NF4 validation loss: 0.72 on 8 notes with BPE's
-    own tokens, 0.068 on 50 as trained). Adapters from before `split_quotes` recorded `split_closers`;
-    without a manifest, BPE's own."""
-    try:
-        hyper = json.loads((Path(adapter_dir) / "manifest.json").read_text())["hyperparameters"]
-    except (OSError, ValueError, KeyError):
-        return "none"
-    return _split_of(hyper)
-
-
-def _split_of(hyper: dict) -> str:
-    return hyper.get("split_quotes") or ("closers" if hyper.get("split_closers") else "none")
 
 
 def validation_loss(backend, cases: list[Case], batch_size: int = 8, split_quotes: str = "none") -> float:

@@ -15,6 +15,7 @@ from harness.models import (
     inspect_adapter,
     resolve_base,
 )
+from harness.settings import REFERENCE_ADAPTER
 from scenarios import SEED
 
 
@@ -80,6 +81,18 @@ def test_an_adapters_manifest_says_how_it_reads_notes(tmp_path):
     (folder / "manifest.json").write_text("{not json")
     with pytest.raises(AdapterError, match="manifest.json is unreadable"):
         inspect_adapter(folder)
+
+
+def test_an_adapters_manifest_says_how_its_answers_were_tokenised(tmp_path):
+    """The numerics check's validation loss tokenises answers as training did: the manifest's
+    split_quotes, split_closers for adapters trained before it, BPE's own without a manifest."""
+    assert inspect_adapter(REFERENCE_ADAPTER).split_quotes == "all"
+    folder = _adapter(tmp_path)
+    assert inspect_adapter(folder).split_quotes == "none"
+    legacy = {"split_closers": True}
+    for hyper, expected in ((legacy, "closers"), ({"split_quotes": "closers"}, "closers"), ({}, "none")):
+        (folder / "manifest.json").write_text(json.dumps({"hyperparameters": hyper}))
+        assert inspect_adapter(folder).split_quotes == expected
 
 
 def test_adapter_base_mismatch_is_an_error(tmp_path):
@@ -162,8 +175,6 @@ def test_over_long_note_is_refused_clearly(base_fp32):
 
 @pytest.mark.slow
 def test_nf4_with_reference_adapter_extracts_seed_notes():
-    from harness.settings import REFERENCE_ADAPTER
-
     if not (REFERENCE_ADAPTER / "adapter_model.safetensors").is_file():
         pytest.skip("reference adapter not built yet")
     tuned = HFBackend(ModelSpec(quantization="nf4", adapter=str(REFERENCE_ADAPTER)))
@@ -331,7 +342,6 @@ def test_reference_adapter_under_each_decoding_in_nf4():
     from harness.grounding import ground_summary
     from harness.schema import validate_text
     from harness.scoring import aggregate, score_case
-    from harness.settings import REFERENCE_ADAPTER
 
     if not (REFERENCE_ADAPTER / "adapter_model.safetensors").is_file():
         pytest.skip("reference adapter not built yet")

@@ -17,7 +17,6 @@ from train.numerics_check import (
     TOLERANCE,
     check_numerics,
     check_saved_adapter,
-    trained_split,
 )
 
 TINY = SplitSizes(train=4, val=4, test=0)
@@ -56,15 +55,6 @@ def test_a_check_after_training_refuses_what_it_cannot_compare(tmp_path):
         assert (adapter / "manifest.json").read_text() == before
     with pytest.raises(HarnessError, match=f"the data in {tmp_path} is not the data"):
         check_saved_adapter(adapter, notes=0, data_dir=tmp_path)
-
-
-def test_the_check_tokenises_answers_as_the_adapter_was_trained(tmp_path):
-    assert trained_split(REFERENCE_ADAPTER) == "all"
-    assert trained_split(tmp_path) == "none"  # no manifest: BPE's own tokens
-    legacy = {"split_closers": True}  # adapters trained before split_quotes
-    for hyper, expected in ((legacy, "closers"), ({"split_quotes": "closers"}, "closers"), ({}, "none")):
-        (tmp_path / "manifest.json").write_text(json.dumps({"hyperparameters": hyper}))
-        assert trained_split(tmp_path) == expected
 
 
 @pytest.mark.slow
