@@ -27,16 +27,14 @@ TOLERANCE = 0.02  # the issue's bar for "holds": schema validity and field F1 wi
 FIGURES = ("json_valid", "schema_valid", "field_f1")
 
 
-def check_numerics(adapter_dir: Path, base_model: str, val_cases: list[Case], notes: int,
-                   split_quotes: str | None = None) -> dict:
-    """Each numerics' figures for the adapter in `adapter_dir`, the gaps between them, and `holds`;
-    `split_quotes` as the adapter was trained (train.trainer.encode_example; default: as its manifest
-    says)."""
+def check_numerics(adapter_dir: Path, base_model: str, val_cases: list[Case], notes: int) -> dict:
+    """Each numerics' figures for the adapter in `adapter_dir`, the gaps between them, and `holds`; the
+    validation loss on answers tokenised as the adapter was trained (its manifest says how)."""
     from harness.evaluation import score_split
     from harness.models import HFBackend, ModelSpec, inspect_adapter
     from scenarios.splits import generate_split
 
-    split_quotes = split_quotes or inspect_adapter(adapter_dir).split_quotes
+    split_quotes = inspect_adapter(adapter_dir).split_quotes
     test_cases = generate_split("test", notes) if notes else []
     figures = {}
     for quantization in NUMERICS:

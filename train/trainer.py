@@ -299,7 +299,7 @@ def _numerics_check(out_dir: Path, config: TrainConfig, val_cases) -> dict:
         torch.cuda.empty_cache()
     print(announce(config.check_notes), file=sys.stderr, flush=True)
     try:
-        result = check_numerics(out_dir, config.base_model, val_cases, config.check_notes, config.split_quotes)
+        result = check_numerics(out_dir, config.base_model, val_cases, config.check_notes)
     except Exception as exc:  # e.g. no memory for an unquantised copy of a large base
         print(f"numerics check failed, recorded in the manifest: {exc}", file=sys.stderr, flush=True)
         return {"error": f"{type(exc).__name__}: {exc}"}
