@@ -361,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "1.1x faster on a CPU, a different recipe (default: off; see README)")
     p.add_argument("--split-note-spaces", action=argparse.BooleanOptionalAction, default=None,
                    help="cut the notes at their spaces before BPE, so answers copy the note's own tokens: "
-                        "field F1 0.894 against 0.850 for the full profile; the adapter is then read so "
+                        "field F1 0.885 to 0.894 against 0.850 for the full profile; the adapter is then read so "
                         "in process and by `sunrise serve`, not by servers that tokenize the note themselves "
                         "(default: off; see README)")
     p.add_argument("--precision", choices=get_args(Precision), default=None,
