@@ -309,8 +309,8 @@ def _read_manifest(manifest: Path) -> dict:
         record = json.loads(manifest.read_text())
     except (OSError, ValueError) as exc:
         raise AdapterError(f"{manifest} is unreadable ({exc.__class__.__name__}: {exc})") from None
-    if not isinstance(record, dict):
-        raise AdapterError(f"{manifest} is unreadable (not a JSON object)")
+    if not isinstance(record, dict) or not isinstance(record.get("hyperparameters", {}), dict):
+        raise AdapterError(f"{manifest} is unreadable (not a JSON object with an object of hyperparameters)")
     return record
 
 

@@ -78,9 +78,10 @@ def test_an_adapters_manifest_says_how_it_reads_notes(tmp_path):
     assert not inspect_adapter(folder).split_note_spaces
     (folder / "manifest.json").write_text(json.dumps({"hyperparameters": {"split_note_spaces": True}}))
     assert inspect_adapter(folder).split_note_spaces
-    (folder / "manifest.json").write_text("{not json")
-    with pytest.raises(AdapterError, match="manifest.json is unreadable"):
-        inspect_adapter(folder)
+    for broken in ("{not json", "[]", '{"hyperparameters": [true]}'):
+        (folder / "manifest.json").write_text(broken)
+        with pytest.raises(AdapterError, match="manifest.json is unreadable"):
+            inspect_adapter(folder)
 
 
 def test_an_adapters_manifest_says_how_its_answers_were_tokenised(tmp_path):
