@@ -12,11 +12,19 @@ from tests.fakes.servers import running
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(scope="session")
+def tokenizer():
+    """The embedded default's tokenizer (read-only: tests share it)."""
+    from transformers import AutoTokenizer
+
+    from harness.models import resolve_base
+
+    return AutoTokenizer.from_pretrained(resolve_base("embedded").folder)
+
+
 @pytest.fixture
 def adapter_copy(tmp_path) -> Path:
     """A writable copy of the reference adapter, to damage in tests."""
-    if not (REFERENCE_ADAPTER / "adapter_model.safetensors").is_file():
-        pytest.skip("reference adapter not built yet (sunrise train --profile full)")
     dst = tmp_path / "adapter"
     shutil.copytree(REFERENCE_ADAPTER, dst)
     return dst

@@ -60,8 +60,6 @@ def test_extract_and_serve_merge_the_adapter_as_the_suite_does():
 
 @pytest.mark.slow
 def test_extract_seed_notes_base_and_tuned(tmp_path):
-    if not (REFERENCE_ADAPTER / "adapter_model.safetensors").is_file():
-        pytest.skip("reference adapter not built yet")
     notes = tmp_path / "notes.jsonl"
     lines = [json.dumps({"id": c.id, "note": c.note}) for c in SEED] + ['{"id": "empty", "note": "  "}', "{oops"]
     notes.write_text("\n".join(lines) + "\n")

@@ -13,18 +13,11 @@ from hypothesis import strategies as st
 from harness.constraint import BatchConstraint, ConstraintTokenizer
 from harness.grammar import grounded_grammar, schema_grammar
 from harness.grounding import ground_summary
-from harness.models import GenerationSettings, HFBackend, resolve_base
+from harness.models import GenerationSettings, HFBackend
 from harness.schema import dumps, is_valid
 from scenarios import CURATED, SEED, profiles
 from scenarios.splits import SplitSizes, generate_split, generate_splits
 from train.trainer import encode_example
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(resolve_base("embedded").folder)
 
 
 @pytest.fixture(scope="module")

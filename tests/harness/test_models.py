@@ -176,8 +176,6 @@ def test_over_long_note_is_refused_clearly(base_fp32):
 
 @pytest.mark.slow
 def test_nf4_with_reference_adapter_extracts_seed_notes():
-    if not (REFERENCE_ADAPTER / "adapter_model.safetensors").is_file():
-        pytest.skip("reference adapter not built yet")
     tuned = HFBackend(ModelSpec(quantization="nf4", adapter=str(REFERENCE_ADAPTER)))
     import bitsandbytes as bnb
 
@@ -344,8 +342,6 @@ def test_reference_adapter_under_each_decoding_in_nf4():
     from harness.schema import validate_text
     from harness.scoring import aggregate, score_case
 
-    if not (REFERENCE_ADAPTER / "adapter_model.safetensors").is_file():
-        pytest.skip("reference adapter not built yet")
     # Merged, as the suite runs it (attached, it serves extract and serve: test_cli, test_openai_api).
     tuned = HFBackend(ModelSpec(quantization="nf4", adapter=str(REFERENCE_ADAPTER), merge_adapter=True))
     notes = [c.note for c in SEED]

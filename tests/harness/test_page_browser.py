@@ -45,8 +45,6 @@ def _dictate(page):
 
 def test_dictate_then_extract_with_the_real_model(spoken_note, fake_groq):
     """Grounded decoding: whatever the model writes, every value is in the note and marked there."""
-    if not (REFERENCE_ADAPTER / "adapter_model.safetensors").is_file():
-        pytest.skip("reference adapter not built yet")
     tuned = HFBackend(ModelSpec(quantization="nf4", adapter=str(REFERENCE_ADAPTER)))
     app = create_app({"tuned": tuned}, Transcriber(api_key=KEY, base_url=fake_groq.url),
                      GenerationSettings(decoding="grounded"))

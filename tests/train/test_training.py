@@ -9,7 +9,6 @@ import time
 
 import pytest
 
-from harness.models import resolve_base
 from scenarios.splits import GENERATOR_VERSION, SplitSizes
 from train.config import ATTENTION, MLP, PROFILES, TrainConfig, profile
 from train.dataset import dataset_hash, write_dataset
@@ -226,13 +225,6 @@ def test_loraplus_gives_the_b_matrices_their_own_learning_rate():
     for name, param in model.named_parameters():
         if param.requires_grad:
             assert rates[param.data_ptr()] == pytest.approx(4e-3 if "lora_B" in name else 1e-3), name
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(resolve_base("embedded").folder)
 
 
 @pytest.mark.slow
