@@ -108,8 +108,9 @@ class _Source:
         info = inspect_adapter(adapter)
         if info.split_note_spaces:
             raise HarnessError(f"{info.path} was trained on notes cut at their spaces (--split-note-spaces); "
-                               "an engine that tokenizes the note itself would read it otherwise, so it is not "
-                               "exported. Evaluate it in process, or serve it with `sunrise serve`")
+                               "llama.cpp tokenizes the note itself and would read it otherwise, so it is not "
+                               "exported. Evaluate it in process, or serve the adapter folder with `sunrise "
+                               "serve` or vLLM and name it openai:NAME#FOLDER, which sends token ids")
         resolved = resolve_base(base)
         check_adapter_base(info, resolved)
         return cls(info, resolved)

@@ -34,7 +34,7 @@ from harness.numerics import (
     pin_reproducible_blas,
     register_attention,
 )
-from harness.prompt import PROMPTS, Prompt, prompt_ids
+from harness.prompt import PROMPTS, Prompt, prompt_ids, read_prompt_ids
 from harness.schema import dumps, empty_summary
 from harness.settings import cache_root
 
@@ -503,6 +503,12 @@ class HFBackend:
 
     def encode(self, notes: list[str], prompt: str = "trained") -> list[list[int]]:
         return [prompt_ids(self.tokenizer, n, prompt, self.split_note_spaces) for n in notes]
+
+    def read_prompt(self, ids: list[int]) -> tuple[str, Prompt] | None:
+        """(note, prompt) whose `encode` is exactly `ids`, else None (ids out of the vocabulary too)."""
+        if any(i >= len(self.tokenizer) for i in ids):
+            return None
+        return read_prompt_ids(self.tokenizer, ids, self.split_note_spaces)
 
     def token_limit(self, note: str, prompt_tokens: int, settings: GenerationSettings) -> int:
         return token_limit(self.max_new_tokens(prompt_tokens, settings), note, settings)

@@ -1,9 +1,12 @@
-"""`sunrise serve` in the OpenAI chat-completions protocol: GET /v1/models and POST
-/v1/chat/completions for the models it loaded, so any OpenAI client (and the harness's own HTTP
-backend) can use an adapter without importing Python. No streaming; always greedy.
+"""`sunrise serve` in the OpenAI protocol: GET /v1/models, POST /v1/chat/completions and POST
+/v1/completions for the models it loaded, so any OpenAI client (and the harness's own HTTP backend)
+can use an adapter without importing Python. No streaming; always greedy.
 
-A request is one note: one user message, after no system message, the one the adapter was trained
-with, or the engineered zero-shot prompt (harness.prompt). Decoding follows the request:
+A chat request is one note: one user message, after no system message, the one the adapter was
+trained with, or the engineered zero-shot prompt (harness.prompt). A completions request is one
+prompt as token ids, exactly those `harness.prompt.prompt_ids` gives for a note the way the model
+reads notes (cut at their spaces where its adapter was trained so), as the harness sends it to
+servers that tokenize text their own way (vLLM). Decoding follows the request:
 response_format {"type": "text"} is free, a json_schema response_format holding schema v1 is
 `schema`, vLLM's structured_outputs holding the note's grounded grammar is `grounded`; a request
 that names none gets the server's --decoding.
@@ -53,26 +56,37 @@ def openai_routes(batchers: Mapping[str, Batcher], settings: GenerationSettings)
 
     @router.post("/chat/completions")
     async def chat_completions(request: Request):
+        return await _complete(request, lambda body, backend: _note(body.get("messages")), "chat.completion")
+
+    @router.post("/completions")
+    async def completions(request: Request):
+        return await _complete(request, lambda body, backend: _note_of_ids(body.get("prompt"), backend),
+                               "text_completion")
+
+    async def _complete(request: Request, read_note, kind: str):
         try:
             try:
                 body = await request.json()
             except ValueError:
                 raise RequestError(400, "invalid_json", "The body is not JSON.") from None
-            role, note, asked = parse_request(body, batchers, settings)
+            role, note, asked = parse_request(body, batchers, settings, read_note)
+            where = "messages" if kind == "chat.completion" else "prompt"
             problem = note_problem(note)
             if problem:
-                raise RequestError(422, problem[0], problem[1], "messages")
+                raise RequestError(422, problem[0], problem[1], where)
             try:
                 gen = await run_in_threadpool(batchers[role].generate, note, asked)
             except InputError as exc:
-                raise RequestError(422, "too_long", f"{exc}. Shorten the note.", "messages") from None
+                raise RequestError(422, "too_long", f"{exc}. Shorten the note.", where) from None
         except RequestError as exc:
             return exc.response()
+        finish = "stop" if gen.stopped else "length"
+        choice = ({"message": {"role": "assistant", "content": gen.text}} if kind == "chat.completion"
+                  else {"text": gen.text, "logprobs": None})
         return {
-            "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
-            "model": role,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": gen.text},
-                         "finish_reason": "stop" if gen.stopped else "length"}],
+            "id": f"{'chatcmpl' if kind == 'chat.completion' else 'cmpl'}-{uuid.uuid4().hex}", "object": kind,
+            "created": int(time.time()), "model": role,
+            "choices": [{"index": 0, **choice, "finish_reason": finish}],
             "usage": {"prompt_tokens": gen.prompt_tokens or 0, "completion_tokens": gen.new_tokens,
                       "total_tokens": (gen.prompt_tokens or 0) + gen.new_tokens},
             "sunrise": {"decoding": asked.decoding, "error": gen.error, "seconds": round(gen.seconds, 3)},
@@ -81,9 +95,10 @@ def openai_routes(batchers: Mapping[str, Batcher], settings: GenerationSettings)
     return router
 
 
-def parse_request(body, batchers: Mapping[str, Batcher],
-                  default: GenerationSettings) -> tuple[str, str, GenerationSettings]:
-    """(role, note, settings) of a chat-completions request, or a RequestError saying what to send."""
+def parse_request(body, batchers: Mapping[str, Batcher], default: GenerationSettings,
+                  read_note) -> tuple[str, str, GenerationSettings]:
+    """(role, note, settings) of a request, or a RequestError saying what to send; `read_note(body,
+    backend)` finds the note and prompt in it (chat messages, or a completion's token ids)."""
     if not isinstance(body, dict):
         raise RequestError(400, "invalid_request", "Send a JSON object.")
     model = body.get("model")
@@ -94,7 +109,7 @@ def parse_request(body, batchers: Mapping[str, Batcher],
         raise RequestError(400, "unsupported", "Streaming is not supported; send stream: false.", "stream")
     if body.get("n", 1) != 1:
         raise RequestError(400, "unsupported", "Only n = 1 is supported (greedy decoding has one answer).", "n")
-    note, prompt = _note(body.get("messages"))
+    note, prompt = read_note(body, batchers[model].backend)
     settings = replace(default, decoding=_decoding(body, note, default.decoding), prompt=prompt)
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
     if max_tokens is not None:
@@ -125,6 +140,22 @@ def _note(messages) -> tuple[str, str]:
                                                   f"trained with: send {SYSTEM_PROMPT!r} or no system message "
                                                   "(or the harness's engineered zero-shot prompt).", "messages")
     return messages[1]["content"], known[messages[0]["content"]]
+
+
+def _note_of_ids(prompt, backend) -> tuple[str, str]:
+    """The note and prompt of a completion's token ids (one prompt, or a list holding one)."""
+    ids = prompt[0] if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], list) else prompt
+    if not (isinstance(ids, list) and ids and all(type(i) is int and i >= 0 for i in ids)):
+        raise RequestError(400, "invalid_prompt", "Send one prompt as token ids (harness.prompt.prompt_ids); "
+                                                  "send text as chat messages to /v1/chat/completions.", "prompt")
+    read = getattr(backend, "read_prompt", None)
+    found = read(ids) if read else None
+    if found is None:
+        raise RequestError(400, "unknown_prompt", "These token ids are not a prompt this model reads: send "
+                                                  "harness.prompt.prompt_ids of one note, with the note cut at "
+                                                  "its spaces where the adapter was trained so (its manifest "
+                                                  "says), or send chat messages.", "prompt")
+    return found
 
 
 def _decoding(body: dict, note: str, default: str) -> str:

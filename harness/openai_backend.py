@@ -2,22 +2,38 @@
 llama.cpp, Ollama, Groq, `sunrise serve`), behind the one Backend protocol.
 
 A served model is named `openai:MODEL@BASE_URL`, e.g. `openai:cand@http://gpu-box:8000/v1`; a
-`#HASH` suffix records the sha256 of the adapter the server loaded (its weights cannot be hashed
-from here, so otherwise the cache trusts the name). The API key is read from OPENAI_API_KEY and
-never leaves the request's Authorization header: errors, summaries and reports never hold it.
+`#SHA256` suffix records the sha256 of the adapter the server loaded (its weights cannot be hashed
+from there, so otherwise the cache trusts the name), and a `#FOLDER` suffix names a copy of that
+adapter here, hashed and read here. An adapter trained on notes cut at their spaces
+(harness.prompt.prompt_ids) must be read so, which a server that tokenizes the note itself does not
+do: its prompts go to /v1/completions as token ids, made here with its base model's tokenizer.
+
+The API key is read from OPENAI_API_KEY and never leaves the request's Authorization header:
+errors, summaries and reports never hold it.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from harness.errors import HarnessError, ModelNotFoundError
+from harness.errors import AdapterError, HarnessError, ModelNotFoundError
 from harness.grammar import grammar_for
-from harness.models import ANSWER_BOUND, Generation, GenerationSettings, answer_bound, token_limit
-from harness.prompt import messages
+from harness.models import (
+    ANSWER_BOUND,
+    SPLIT_NOTE,
+    AdapterInfo,
+    Generation,
+    GenerationSettings,
+    answer_bound,
+    inspect_adapter,
+    resolve_base,
+    token_limit,
+)
+from harness.prompt import messages, prompt_ids
 from harness.schema import RESOURCE_TYPE, SCHEMA, dumps, empty_summary
 
 SKELETON_BYTES = len(dumps(empty_summary()).encode())
@@ -42,11 +58,11 @@ def is_served(name: str | None) -> bool:
 class ServedModel:
     model: str  # the name the server serves it under (vLLM: --served-model-name, or a --lora-modules name)
     base_url: str  # up to and including /v1
-    adapter_sha256: str | None = None  # user-given: the adapter the server loaded
+    adapter: str | None = None  # user-given: the sha256 of the adapter the server loaded, or its folder here
 
     @classmethod
     def parse(cls, text: str, default_url: str | None = None) -> ServedModel:
-        """`openai:MODEL@URL[#SHA256]`; an adapter may leave out `@URL` to use its base model's server."""
+        """`openai:MODEL@URL[#SHA256|#FOLDER]`; an adapter may leave out `@URL` to use its base model's server."""
         if not is_served(text):
             raise ValueError(f"a served model is named {PREFIX}MODEL@URL, got {text!r}")
         body, _, sha = text[len(PREFIX):].partition("#")
@@ -59,7 +75,7 @@ class ServedModel:
 
 
 # Request fields the backend sets itself (per note, or by decoding mode); extra fields may not replace them.
-OWN_FIELDS = ("model", "messages", "max_tokens", "response_format", "structured_outputs", "stream")
+OWN_FIELDS = ("model", "messages", "prompt", "max_tokens", "response_format", "structured_outputs", "stream")
 
 
 @dataclass(frozen=True)
@@ -94,14 +110,19 @@ class OpenAIBackend:
         # Servers without authentication (vLLM, llama.cpp and `sunrise serve` by default) take any key.
         self.client = openai.OpenAI(base_url=served.base_url, api_key=self._key or "none",
                                     timeout=options.timeout_s, max_retries=options.max_retries)
+        adapter = _local_adapter(served.adapter)
+        # None: chat messages, tokenized by the server; else the tokenizer that cuts notes here.
+        self.tokenizer = _base_tokenizer(adapter) if adapter and adapter.split_note_spaces else None
         self.identity = {
             "model": f"{PREFIX}{served.model}",
             "base_url": served.base_url,
             "served": self._describe(),
-            "adapter_sha256": served.adapter_sha256,
+            "adapter_sha256": adapter.sha256 if adapter else served.adapter,
             "request": {**REQUEST, **options.extra_body},
             "decoding_requests": DECODING_REQUESTS,
             "answer_bound": list(ANSWER_BOUND),
+            **({"note_tokens": SPLIT_NOTE, "prompt_as": f"token ids to /v1/completions ({adapter.base_name} "
+                                                        "tokenizer)"} if self.tokenizer else {}),
         }
 
     def _describe(self) -> dict:
@@ -156,11 +177,18 @@ class OpenAIBackend:
         request = self.structured_output(settings, note)
         extra_body = {**self.options.extra_body, **request.pop("extra_body", {})}
         try:
-            response = self.client.chat.completions.create(
-                model=self.served.model, messages=messages(note, prompt=settings.prompt), max_tokens=limit,
-                **REQUEST, **request, extra_body=extra_body or None)
-            choice = response.choices[0]
-            text = choice.message.content or ""
+            if self.tokenizer is None:
+                response = self.client.chat.completions.create(
+                    model=self.served.model, messages=messages(note, prompt=settings.prompt), max_tokens=limit,
+                    **REQUEST, **request, extra_body=extra_body or None)
+                choice = response.choices[0]
+                text = choice.message.content or ""
+            else:  # the SDK's completions take no response_format argument: it goes as an extra field
+                response = self.client.completions.create(
+                    model=self.served.model, max_tokens=limit, **REQUEST, extra_body={**extra_body, **request},
+                    prompt=prompt_ids(self.tokenizer, note, settings.prompt, split_note_spaces=True))
+                choice = response.choices[0]
+                text = choice.text or ""
             stopped = choice.finish_reason == "stop"
             tokens = response.usage.completion_tokens if response.usage else len(text.split())
         except openai.APIStatusError as exc:
@@ -184,6 +212,29 @@ class OpenAIBackend:
 
     def _redact(self, text: str) -> str:
         return text.replace(self._key, "[API key]") if self._key else text
+
+
+def _local_adapter(adapter: str | None) -> AdapterInfo | None:
+    """The adapter a `#` suffix names, where it names a folder here rather than a sha256."""
+    if adapter is None or re.fullmatch(r"[0-9a-fA-F]+", adapter):
+        return None
+    try:
+        return inspect_adapter(adapter)
+    except AdapterError as exc:
+        raise AdapterError(f"{PREFIX}NAME#{adapter}: after '#' goes the sha256 of the adapter the server loaded, "
+                           f"or a copy of its folder here ({exc})") from None
+
+
+def _base_tokenizer(adapter: AdapterInfo):
+    """The tokenizer of the base model `adapter` was trained on, found here as harness.models finds bases."""
+    from transformers import AutoTokenizer
+
+    try:
+        folder = resolve_base(adapter.base_name).folder
+    except ModelNotFoundError as exc:
+        raise ModelNotFoundError(f"{adapter.path} reads notes cut at their spaces, so its prompts are made here "
+                                 f"as token ids, with its base model's tokenizer: {exc}") from None
+    return AutoTokenizer.from_pretrained(folder)
 
 
 def _message(exc) -> str:

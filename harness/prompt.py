@@ -95,3 +95,16 @@ def prompt_ids(tokenizer, note: str, prompt: str = "trained", split_note_spaces:
         return encode(render_prompt(tokenizer, note, prompt))
     before, after = render_prompt(tokenizer, _NOTE, prompt).split(_NOTE)
     return encode(before) + [i for piece in re.split("( )", note) for i in encode(piece)] + encode(after)
+
+
+def read_prompt_ids(tokenizer, ids: list[int], split_note_spaces: bool = False) -> tuple[str, Prompt] | None:
+    """(note, prompt) whose `prompt_ids` are exactly `ids`, else None: a server that takes prompts as
+    token ids (`sunrise serve`'s /v1/completions) answers only prompts its adapter reads as trained."""
+    text = tokenizer.decode(ids)
+    for prompt in PROMPTS:
+        before, after = render_prompt(tokenizer, _NOTE, prompt).split(_NOTE)
+        if text.startswith(before) and text.endswith(after) and len(text) >= len(before) + len(after):
+            note = text[len(before):len(text) - len(after)]
+            if prompt_ids(tokenizer, note, prompt, split_note_spaces) == list(ids):
+                return note, prompt  # type: ignore[return-value]
+    return None

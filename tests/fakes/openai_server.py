@@ -1,5 +1,6 @@
 """A local fake of an OpenAI-compatible chat-completions server (the wire format vLLM, llama.cpp and
-Groq speak), with scripted faults, for testing the HTTP backend with no GPU and no internet.
+Groq speak), with scripted faults, for testing the HTTP backend with no GPU and no internet. Its
+/v1/completions answers a prompt of token ids (vLLM's way) from `answers_by_ids`.
 
 Errors are shaped {"error": {"message", "type", "code"}}. A note's `faults` are played one per
 attempt (so a retry meets the next one), then the note is answered from `answers`.
@@ -22,10 +23,11 @@ MODELS = ("served-base", "cand")
 @dataclass
 class FakeOpenAI:
     answers: dict[str, str] = field(default_factory=dict)  # note -> the assistant's content
+    answers_by_ids: dict[tuple[int, ...], str] = field(default_factory=dict)  # prompt token ids -> completion
     faults: dict[str, list[str]] = field(default_factory=dict)  # note -> faults: 429, 500, slow, malformed
     retry_after: str = "1"
     delay: float = 3.0
-    requests: list[dict] = field(default_factory=list)  # every chat request body, as received
+    requests: list[dict] = field(default_factory=list)  # every request body, as received
     in_flight: int = 0
     most_in_flight: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -75,6 +77,17 @@ class FakeOpenAI:
                                  "finish_reason": "stop"}],
                     "usage": {"prompt_tokens": 10, "completion_tokens": len(json.dumps(content)) // 4,
                               "total_tokens": 10 + len(json.dumps(content)) // 4}}
+
+        @app.post("/v1/completions")
+        def completions(body: dict):
+            self.requests.append(body)
+            if body.get("model") not in MODELS:
+                return _error(404, f"The model `{body.get('model')}` does not exist.", "NotFoundError", None)
+            text = self.answers_by_ids.get(tuple(body["prompt"]), "{}")
+            return {"id": "cmpl-1", "object": "text_completion", "created": int(time.time()), "model": body["model"],
+                    "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": len(body["prompt"]), "completion_tokens": len(text) // 4,
+                              "total_tokens": len(body["prompt"]) + len(text) // 4}}
 
         return app
 

@@ -119,27 +119,61 @@ def test_a_user_message_alone_is_answered_with_the_trained_prompt(served):
     assert answers[0]["choices"][0]["message"] == answers[1]["choices"][0]["message"]
 
 
+def test_a_prompt_of_token_ids_is_answered_when_it_is_one_the_model_reads(served, tokenizer):
+    """/v1/completions takes a note's prompt as token ids (how the harness sends prompts an adapter
+    reads cut at its spaces); ids that are no such prompt, or text, get a clear error."""
+    from harness.prompt import prompt_ids, read_prompt_ids
+
+    tuned, url = served
+    tuned.read_prompt = lambda ids: read_prompt_ids(tokenizer, ids, split_note_spaces=True)
+    client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0)
+    note = SEED[2].note
+    answer = client.completions.create(model="tuned", prompt=prompt_ids(tokenizer, note, split_note_spaces=True),
+                                       max_tokens=9, extra_body={"response_format": {"type": "text"}})
+    assert answer.choices[0].text == dumps(SEED[2].expected) and answer.choices[0].finish_reason == "stop"
+    assert tuned.calls[-1] == [note] and tuned.settings[-1].decoding == "free"
+    assert tuned.settings[-1].max_new_tokens == 9
+    for prompt, code in ((prompt_ids(tokenizer, note), "unknown_prompt"),  # the note not cut, as trained
+                         ([[1, 2], [3]], "invalid_prompt"), (note, "invalid_prompt"), ([-1], "invalid_prompt")):
+        resp = httpx.post(f"{url}/completions", json={"model": "tuned", "prompt": prompt})
+        assert resp.status_code == 400 and resp.json()["error"]["code"] == code, prompt
+    base_ids = httpx.post(f"{url}/completions", json={"model": "base", "prompt": [1, 2, 3]})  # no read_prompt
+    assert base_ids.status_code == 400 and base_ids.json()["error"]["code"] == "unknown_prompt"
+
+
 @pytest.mark.slow
 def test_a_served_adapter_answers_as_it_does_in_process(tmp_path):
-    """`sunrise serve` in a subprocess, the real embedded model and the reference adapter: over HTTP,
-    with requests in flight together (so the server batches them its own way), every seed note gets
-    exactly the output the same model gives in process: greedy, the same prompt, the same per-note
+    """`sunrise serve` in a subprocess, the real embedded model and the reference adapter, its manifest
+    saying it reads notes cut at their spaces: over HTTP, with requests in flight together (so the
+    server batches them its own way), every seed note gets exactly the output the same model gives in
+    process, both as chat messages (the server cuts the note) and as the token ids the harness makes
+    from the adapter's folder (as it sends them to vLLM): greedy, the same prompt, the same per-note
     bound, and outputs that do not depend on the batch (harness.numerics)."""
+    import json
+    import shutil
     import sys
 
     from harness.models import HFBackend, ModelSpec
     from harness.settings import REFERENCE_ADAPTER
     from tests.fakes.servers import server_process
 
+    adapter = tmp_path / "cut"
+    shutil.copytree(REFERENCE_ADAPTER, adapter)
+    manifest = json.loads((adapter / "manifest.json").read_text())
+    manifest["hyperparameters"]["split_note_spaces"] = True
+    (adapter / "manifest.json").write_text(json.dumps(manifest))
     serve = [sys.executable, "-m", "harness.cli", "serve", "--port", "{port}", "--decoding", "free",
-             "--adapter", str(REFERENCE_ADAPTER)]
+             "--adapter", str(adapter)]
+    notes = [c.note for c in SEED]
     with server_process(serve, tmp_path / "serve.log") as url:
-        notes = [c.note for c in SEED]
-        remote = OpenAIBackend(ServedModel("tuned", url), HTTPOptions(concurrency=len(notes)))
-        over_http = remote.generate(notes, GenerationSettings())
-    local = HFBackend(ModelSpec(quantization="nf4", adapter=str(REFERENCE_ADAPTER)))
-    assert remote.identity["served"]["sunrise"]["adapter_sha256"] == local.identity["adapter_sha256"]
+        remote = {way: OpenAIBackend(ServedModel("tuned", url, folder), HTTPOptions(concurrency=len(notes)))
+                  for way, folder in (("chat", None), ("token ids", str(adapter)))}
+        over_http = {way: backend.generate(notes, GenerationSettings()) for way, backend in remote.items()}
+    local = HFBackend(ModelSpec(quantization="nf4", adapter=str(adapter)))
+    assert local.identity["note_tokens"] == remote["token ids"].identity["note_tokens"] == "split at spaces"
+    assert remote["chat"].identity["served"]["sunrise"]["adapter_sha256"] == local.identity["adapter_sha256"]
     in_process = local.generate(notes, GenerationSettings())
-    assert [g.error for g in over_http] == [None] * len(notes)
-    assert [g.text for g in over_http] == [g.text for g in in_process]
-    assert [g.new_tokens for g in over_http] == [g.new_tokens for g in in_process]
+    for way, got in over_http.items():
+        assert [g.error for g in got] == [None] * len(notes), way
+        assert [g.text for g in got] == [g.text for g in in_process], way
+        assert [g.new_tokens for g in got] == [g.new_tokens for g in in_process], way

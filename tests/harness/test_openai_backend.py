@@ -137,6 +137,45 @@ def test_an_unknown_model_and_a_refused_connection_are_clear(fake):
         OpenAIBackend(ServedModel("m", f"http://127.0.0.1:{free_port()}/v1"), HTTPOptions(max_retries=0))
 
 
+def test_an_adapter_that_reads_notes_cut_at_their_spaces_is_sent_token_ids(fake, tmp_path, tokenizer):
+    """A server tokenizes a chat message its own way; an adapter trained on notes cut at their spaces
+    (its folder named after '#') gets its prompts as the token ids it was trained on, with the same
+    bound and structured-output request, and its identity says so."""
+    import shutil
+
+    from harness.models import inspect_adapter
+    from harness.prompt import prompt_ids
+    from harness.settings import REFERENCE_ADAPTER
+
+    folder = tmp_path / "cut"
+    shutil.copytree(REFERENCE_ADAPTER, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["hyperparameters"]["split_note_spaces"] = True
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    ids = [prompt_ids(tokenizer, n, split_note_spaces=True) for n in NOTES]
+    fake.answers_by_ids = {tuple(i): dumps(c.expected) for i, c in zip(ids, SEED, strict=False)}
+
+    cut = load_backend(ModelSpec(base=f"openai:served-base@{fake.url}", adapter=f"openai:cand#{folder}"))
+    assert cut.identity["adapter_sha256"] == inspect_adapter(folder).sha256
+    assert cut.identity["note_tokens"] == "split at spaces" and "/v1/completions" in cut.identity["prompt_as"]
+    got = cut.generate(NOTES, GenerationSettings())
+    assert [g.text for g in got] == [dumps(c.expected) for c in SEED[:4]] and all(g.stopped for g in got)
+    sent = sorted(fake.requests, key=lambda r: ids.index(r["prompt"]))
+    assert [r["prompt"] for r in sent] == ids and all("messages" not in r for r in sent)
+    assert ids[0] != prompt_ids(tokenizer, NOTES[0])  # not what the server would make of the text
+    assert sent[0]["response_format"] == {"type": "text"} and sent[0]["temperature"] == 0
+    assert sent[0]["max_tokens"] == cut.max_new_tokens(NOTES[0], GenerationSettings())
+    cut.generate(NOTES[:1], GenerationSettings(decoding="grounded"))
+    assert fake.requests[-1]["structured_outputs"] == {"grammar": grammar_for("grounded", NOTES[0])}
+    # Read the usual way (the reference adapter's own folder), the same name goes by chat.
+    plain = load_backend(ModelSpec(base=f"openai:served-base@{fake.url}", adapter=f"openai:cand#{REFERENCE_ADAPTER}"))
+    assert "note_tokens" not in plain.identity and plain.identity != cut.identity
+    plain.generate(NOTES[:1], GenerationSettings())
+    assert "messages" in fake.requests[-1]
+    with pytest.raises(AdapterError, match="the sha256 of the adapter the server loaded, or a copy of its folder"):
+        load_backend(ModelSpec(base=f"openai:served-base@{fake.url}", adapter=f"openai:cand#{tmp_path}/nowhere"))
+
+
 def test_a_served_base_takes_a_served_adapter_on_the_same_server(fake):
     tuned = load_backend(ModelSpec(base=f"openai:served-base@{fake.url}", adapter="openai:cand#beef"))
     assert tuned.identity["model"] == "openai:cand" and tuned.identity["adapter_sha256"] == "beef"
