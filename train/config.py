@@ -47,7 +47,7 @@ class TrainConfig:
     # The note cut at its spaces before BPE, so a value's first word is the tokens the answer writes
     # (harness.prompt.prompt_ids); the adapter is then read the same way wherever this project loads it.
     # The full profile, seeds 1 and 0: field F1 0.894 and 0.885 against 0.850 on the 100 test notes;
-    # with 3 epochs (seed 1) 0.925 (README, "The note cut at its spaces"). Off by default: a server that
+    # with 3 epochs 0.925 and 0.924 (README, "The note cut at its spaces"). Off by default: a server that
     # tokenizes the note itself (llama.cpp) reads it the usual way (vLLM takes the token ids the harness sends).
     split_note_spaces: bool = False
     answer_logits: bool = True  # LM head on answer positions only: same loss, less compute (benchmarks/training.py)
