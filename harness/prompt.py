@@ -82,6 +82,12 @@ def render_prompt(tokenizer, note: str, prompt: str = "trained") -> str:
 _NOTE = "\x00note\x00"  # stands for the note while the template around it is rendered
 
 
+def _around_note(tokenizer, prompt: str) -> tuple[str, str]:
+    """The rendered prompt's text before and after the note."""
+    before, after = render_prompt(tokenizer, _NOTE, prompt).split(_NOTE)
+    return before, after
+
+
 def prompt_ids(tokenizer, note: str, prompt: str = "trained", split_note_spaces: bool = False) -> list[int]:
     """The token ids of `render_prompt`. With `split_note_spaces`, the note is cut at its spaces before
     BPE, each space its own token: the note's words are then the tokens an answer writes when a value
@@ -93,7 +99,7 @@ def prompt_ids(tokenizer, note: str, prompt: str = "trained", split_note_spaces:
 
     if not split_note_spaces:
         return encode(render_prompt(tokenizer, note, prompt))
-    before, after = render_prompt(tokenizer, _NOTE, prompt).split(_NOTE)
+    before, after = _around_note(tokenizer, prompt)
     return encode(before) + [i for piece in re.split("( )", note) for i in encode(piece)] + encode(after)
 
 
@@ -102,7 +108,7 @@ def read_prompt_ids(tokenizer, ids: list[int], split_note_spaces: bool = False) 
     token ids (`sunrise serve`'s /v1/completions) answers only prompts its adapter reads as trained."""
     text = tokenizer.decode(ids)
     for prompt in PROMPTS:
-        before, after = render_prompt(tokenizer, _NOTE, prompt).split(_NOTE)
+        before, after = _around_note(tokenizer, prompt)
         if text.startswith(before) and text.endswith(after) and len(text) >= len(before) + len(after):
             note = text[len(before):len(text) - len(after)]
             if prompt_ids(tokenizer, note, prompt, split_note_spaces) == list(ids):

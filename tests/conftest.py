@@ -1,5 +1,6 @@
 """Shared fixtures for the project's own tests."""
 
+import json
 import shutil
 from pathlib import Path
 
@@ -28,6 +29,15 @@ def adapter_copy(tmp_path) -> Path:
     dst = tmp_path / "adapter"
     shutil.copytree(REFERENCE_ADAPTER, dst)
     return dst
+
+
+@pytest.fixture
+def cut_adapter_copy(adapter_copy) -> Path:
+    """A copy of the reference adapter whose manifest says it reads notes cut at their spaces."""
+    manifest = json.loads((adapter_copy / "manifest.json").read_text())
+    manifest["hyperparameters"]["split_note_spaces"] = True
+    (adapter_copy / "manifest.json").write_text(json.dumps(manifest))
+    return adapter_copy
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 import importlib.util
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -30,14 +29,9 @@ def test_export_refuses_a_folder_that_exists_and_an_adapter_that_is_not_one(tmp_
     assert missing.returncode == 2 and "does not exist" in missing.stderr and not (tmp_path / "new").exists()
 
 
-def test_an_adapter_that_reads_notes_cut_at_their_spaces_is_not_exported(tmp_path):
+def test_an_adapter_that_reads_notes_cut_at_their_spaces_is_not_exported(tmp_path, cut_adapter_copy):
     """Another engine would tokenize the note itself and read it otherwise than the adapter learned."""
-    adapter = tmp_path / "adapter"
-    shutil.copytree(REFERENCE_ADAPTER, adapter)
-    manifest = json.loads((adapter / "manifest.json").read_text())
-    manifest["hyperparameters"]["split_note_spaces"] = True
-    (adapter / "manifest.json").write_text(json.dumps(manifest))
-    refused = _sunrise("export", "--adapter", adapter, "--out", tmp_path / "out")
+    refused = _sunrise("export", "--adapter", cut_adapter_copy, "--out", tmp_path / "out")
     assert refused.returncode == 2 and "notes cut at their spaces" in refused.stderr
     assert "sunrise serve" in refused.stderr and not (tmp_path / "out").exists()
 

@@ -142,26 +142,19 @@ def test_a_prompt_of_token_ids_is_answered_when_it_is_one_the_model_reads(served
 
 
 @pytest.mark.slow
-def test_a_served_adapter_answers_as_it_does_in_process(tmp_path):
+def test_a_served_adapter_answers_as_it_does_in_process(tmp_path, cut_adapter_copy):
     """`sunrise serve` in a subprocess, the real embedded model and the reference adapter, its manifest
     saying it reads notes cut at their spaces: over HTTP, with requests in flight together (so the
     server batches them its own way), every seed note gets exactly the output the same model gives in
     process, both as chat messages (the server cuts the note) and as the token ids the harness makes
     from the adapter's folder (as it sends them to vLLM): greedy, the same prompt, the same per-note
     bound, and outputs that do not depend on the batch (harness.numerics)."""
-    import json
-    import shutil
     import sys
 
     from harness.models import HFBackend, ModelSpec
-    from harness.settings import REFERENCE_ADAPTER
     from tests.fakes.servers import server_process
 
-    adapter = tmp_path / "cut"
-    shutil.copytree(REFERENCE_ADAPTER, adapter)
-    manifest = json.loads((adapter / "manifest.json").read_text())
-    manifest["hyperparameters"]["split_note_spaces"] = True
-    (adapter / "manifest.json").write_text(json.dumps(manifest))
+    adapter = cut_adapter_copy
     serve = [sys.executable, "-m", "harness.cli", "serve", "--port", "{port}", "--decoding", "free",
              "--adapter", str(adapter)]
     notes = [c.note for c in SEED]

@@ -137,21 +137,16 @@ def test_an_unknown_model_and_a_refused_connection_are_clear(fake):
         OpenAIBackend(ServedModel("m", f"http://127.0.0.1:{free_port()}/v1"), HTTPOptions(max_retries=0))
 
 
-def test_an_adapter_that_reads_notes_cut_at_their_spaces_is_sent_token_ids(fake, tmp_path, tokenizer):
+def test_an_adapter_that_reads_notes_cut_at_their_spaces_is_sent_token_ids(fake, tmp_path, tokenizer,
+                                                                          cut_adapter_copy):
     """A server tokenizes a chat message its own way; an adapter trained on notes cut at their spaces
     (its folder named after '#') gets its prompts as the token ids it was trained on, with the same
     bound and structured-output request, and its identity says so."""
-    import shutil
-
     from harness.models import inspect_adapter
     from harness.prompt import prompt_ids
     from harness.settings import REFERENCE_ADAPTER
 
-    folder = tmp_path / "cut"
-    shutil.copytree(REFERENCE_ADAPTER, folder)
-    manifest = json.loads((folder / "manifest.json").read_text())
-    manifest["hyperparameters"]["split_note_spaces"] = True
-    (folder / "manifest.json").write_text(json.dumps(manifest))
+    folder = cut_adapter_copy
     ids = [prompt_ids(tokenizer, n, split_note_spaces=True) for n in NOTES]
     fake.answers_by_ids = {tuple(i): dumps(c.expected) for i, c in zip(ids, SEED, strict=False)}
 
