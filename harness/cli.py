@@ -361,9 +361,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "1.1x faster on a CPU, a different recipe (default: off; see README)")
     p.add_argument("--split-note-spaces", action=argparse.BooleanOptionalAction, default=None,
                    help="cut the notes at their spaces before BPE, so answers copy the note's own tokens: "
-                        "field F1 0.885 to 0.894 against 0.850 for the full profile (0.924 to 0.925 with --epochs "
-                        "3); the adapter is then read so in process, by `sunrise serve`, and over HTTP as token ids "
-                        "when named openai:NAME#FOLDER, not by llama.cpp (default: off; see README)")
+                        "field F1 0.92 against 0.85 read the usual way for the full profile; the adapter is then "
+                        "read so in process, by `sunrise serve`, and over HTTP as token ids when named "
+                        "openai:NAME#FOLDER, not by llama.cpp (default: on for full, off for quick; see README)")
     p.add_argument("--precision", choices=get_args(Precision), default=None,
                    help="fp32 turns mixed precision off (GPUs without bf16 such as the GTX 1070 Ti)")
     p.add_argument("--target-modules", default=None, help="comma-separated, e.g. q_proj,k_proj,v_proj,o_proj")

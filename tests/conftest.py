@@ -31,13 +31,17 @@ def adapter_copy(tmp_path) -> Path:
     return dst
 
 
-@pytest.fixture
-def cut_adapter_copy(adapter_copy) -> Path:
-    """A copy of the reference adapter whose manifest says it reads notes cut at their spaces."""
-    manifest = json.loads((adapter_copy / "manifest.json").read_text())
-    manifest["hyperparameters"]["split_note_spaces"] = True
-    (adapter_copy / "manifest.json").write_text(json.dumps(manifest))
-    return adapter_copy
+@pytest.fixture(scope="session")
+def usual_adapter(tmp_path_factory) -> Path:
+    """The reference adapter with its manifest saying it reads notes as BPE cuts them (read-only: tests
+    share it): what llama.cpp can take, since it tokenizes notes itself; read so, the reference adapter
+    scores field F1 0.85 against 0.92 on the 100 test notes (README, "The reference adapter")."""
+    dst = tmp_path_factory.mktemp("usual") / "adapter"
+    shutil.copytree(REFERENCE_ADAPTER, dst)
+    manifest = json.loads((dst / "manifest.json").read_text())
+    manifest["hyperparameters"]["split_note_spaces"] = False
+    (dst / "manifest.json").write_text(json.dumps(manifest))
+    return dst
 
 
 @pytest.fixture

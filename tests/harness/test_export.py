@@ -21,30 +21,31 @@ def _sunrise(*args, env=None):
                           env={**os.environ, **(env or {})})
 
 
-def test_export_refuses_a_folder_that_exists_and_an_adapter_that_is_not_one(tmp_path):
+def test_export_refuses_a_folder_that_exists_and_an_adapter_that_is_not_one(tmp_path, usual_adapter):
     (tmp_path / "taken").mkdir()
-    taken = _sunrise("export", "--adapter", REFERENCE_ADAPTER, "--out", tmp_path / "taken")
+    taken = _sunrise("export", "--adapter", usual_adapter, "--out", tmp_path / "taken")
     assert taken.returncode == 2 and "already exists" in taken.stderr and "never overwrites" in taken.stderr
     missing = _sunrise("export", "--adapter", tmp_path / "nowhere", "--out", tmp_path / "new")
     assert missing.returncode == 2 and "does not exist" in missing.stderr and not (tmp_path / "new").exists()
 
 
-def test_an_adapter_that_reads_notes_cut_at_their_spaces_is_not_exported(tmp_path, cut_adapter_copy):
-    """Another engine would tokenize the note itself and read it otherwise than the adapter learned."""
-    refused = _sunrise("export", "--adapter", cut_adapter_copy, "--out", tmp_path / "out")
+def test_an_adapter_that_reads_notes_cut_at_their_spaces_is_not_exported(tmp_path):
+    """Another engine would tokenize the note itself and read it otherwise than the adapter learned
+    (the reference adapter is trained so; the tests below export a copy that says otherwise)."""
+    refused = _sunrise("export", "--adapter", REFERENCE_ADAPTER, "--out", tmp_path / "out")
     assert refused.returncode == 2 and "notes cut at their spaces" in refused.stderr
     assert "sunrise serve" in refused.stderr and not (tmp_path / "out").exists()
 
 
-def test_gguf_export_says_what_it_lacks_before_loading_anything(tmp_path):
-    no_converters = _sunrise("export", "--adapter", REFERENCE_ADAPTER, "--out", tmp_path / "g", "--format", "gguf",
+def test_gguf_export_says_what_it_lacks_before_loading_anything(tmp_path, usual_adapter):
+    no_converters = _sunrise("export", "--adapter", usual_adapter, "--out", tmp_path / "g", "--format", "gguf",
                              env={"SUNRISE_LLAMA_CPP_DIR": str(tmp_path / "empty")})
     assert no_converters.returncode == 2 and "converters are not at" in no_converters.stderr
     assert "scripts/setup.sh" in no_converters.stderr and not (tmp_path / "g").exists()
-    wrong_option = _sunrise("export", "--adapter", REFERENCE_ADAPTER, "--out", tmp_path / "g", "--format", "gguf-lora",
+    wrong_option = _sunrise("export", "--adapter", usual_adapter, "--out", tmp_path / "g", "--format", "gguf-lora",
                             "--dtype", "bfloat16")
     assert wrong_option.returncode == 2 and "--gguf-type" in wrong_option.stderr and not (tmp_path / "g").exists()
-    other_way = _sunrise("export", "--adapter", REFERENCE_ADAPTER, "--out", tmp_path / "g", "--gguf-type", "q8_0")
+    other_way = _sunrise("export", "--adapter", usual_adapter, "--out", tmp_path / "g", "--gguf-type", "q8_0")
     assert other_way.returncode == 2 and "--dtype" in other_way.stderr and not (tmp_path / "g").exists()
 
 
@@ -55,14 +56,15 @@ def _gguf_tensors(path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def gguf_exports(tmp_path_factory):
-    """The reference adapter as both GGUF forms (about a minute each), shared by the tests below."""
+def gguf_exports(tmp_path_factory, usual_adapter):
+    """The reference adapter, read as llama.cpp reads notes, as both GGUF forms (about a minute each),
+    shared by the tests below."""
     tmp_path = tmp_path_factory.mktemp("gguf")
-    return tmp_path, export_gguf(REFERENCE_ADAPTER, tmp_path / "g"), export_gguf_lora(REFERENCE_ADAPTER, tmp_path / "l")
+    return tmp_path, export_gguf(usual_adapter, tmp_path / "g"), export_gguf_lora(usual_adapter, tmp_path / "l")
 
 
 @pytest.mark.slow
-def test_gguf_exports_carry_the_adapter_on_the_weights_it_was_trained_on(gguf_exports):
+def test_gguf_exports_carry_the_adapter_on_the_weights_it_was_trained_on(gguf_exports, usual_adapter):
     """Both GGUF forms hold the NF4 grid, not the shipped Q4_1 weights, which the adapter does not survive:
     base.gguf is the grid, adapter.gguf is the adapter's own B·A, and model.gguf is the grid plus it."""
     import numpy as np
@@ -73,14 +75,14 @@ def test_gguf_exports_carry_the_adapter_on_the_weights_it_was_trained_on(gguf_ex
     assert sorted(p.name for p in (tmp_path / "l").iterdir()) == ["adapter.gguf", "base.gguf", "sunrise_export.json"]
     assert merged["merged_into"] == "nf4 grid" and lora["base_weights"] == "nf4 grid"
     assert json.loads((tmp_path / "l" / "sunrise_export.json").read_text()) == lora
-    assert lora["adapter"]["manifest"] == json.loads((REFERENCE_ADAPTER / "manifest.json").read_text())
+    assert lora["adapter"]["manifest"] == json.loads((usual_adapter / "manifest.json").read_text())
     assert not list(tmp_path.glob(".*.tmp"))
 
     model, base = _gguf_tensors(tmp_path / "g" / "model.gguf"), _gguf_tensors(tmp_path / "l" / "base.gguf")
     adapter = _gguf_tensors(tmp_path / "l" / "adapter.gguf")
-    peft = load_file(REFERENCE_ADAPTER / "adapter_model.safetensors")
+    peft = load_file(usual_adapter / "adapter_model.safetensors")
     grid = nf4_grid_weights(ModelSpec(), resolve_base("embedded"))
-    scale = json.loads((REFERENCE_ADAPTER / "adapter_config.json").read_text())
+    scale = json.loads((usual_adapter / "adapter_config.json").read_text())
     scale = scale["lora_alpha"] / scale["r"]
     for layer, hf, gg in ((0, "v_proj", "attn_v"), (29, "o_proj", "attn_output")):  # not q/k: llama.cpp permutes them
         name = f"blk.{layer}.{gg}.weight"
@@ -94,7 +96,7 @@ def test_gguf_exports_carry_the_adapter_on_the_weights_it_was_trained_on(gguf_ex
 
 
 @pytest.mark.slow
-def test_llama_cpp_serves_the_gguf_lora_and_the_harness_evaluates_it_over_http(gguf_exports):
+def test_llama_cpp_serves_the_gguf_lora_and_the_harness_evaluates_it_over_http(gguf_exports, usual_adapter):
     """llama.cpp's own OpenAI-compatible server (llama-cpp-python, built by scripts/setup.sh) with the
     exported base.gguf and adapter.gguf, evaluated through the HTTP backend like any served model,
     greedy: every seed note gets the output the adapter gives in process on NF4. (llama-cpp-python's
@@ -114,29 +116,29 @@ def test_llama_cpp_serves_the_gguf_lora_and_the_harness_evaluates_it_over_http(g
                                HTTPOptions(concurrency=1, extra_body={"repeat_penalty": 1}))
         over_http = served.generate(notes, GenerationSettings(decoding="free"))
     assert served.identity["served"]["id"] == "tuned" and served.identity["adapter_sha256"] == lora["adapter"]["sha256"]
-    in_process = HFBackend(ModelSpec(quantization="nf4", adapter=str(REFERENCE_ADAPTER))).generate(
+    in_process = HFBackend(ModelSpec(quantization="nf4", adapter=str(usual_adapter))).generate(
         notes, GenerationSettings(decoding="free"))
     assert [g.error for g in over_http] == [None] * len(notes)
     assert [g.text for g in over_http] == [g.text for g in in_process]
 
 
 @pytest.mark.slow
-def test_merged_export_loads_as_a_plain_model_and_answers_as_the_adapter_on_nf4(tmp_path):
+def test_merged_export_loads_as_a_plain_model_and_answers_as_the_adapter_on_nf4(tmp_path, usual_adapter):
     """A QLoRA adapter is merged into the NF4 weights it was trained on, so the plain merged model
     answers as the adapter does on NF4 (on the as-shipped weights it lost 0.11 F1, benchmarks/numerics.py)."""
     out = tmp_path / "merged"
-    record = export_merged(REFERENCE_ADAPTER, out)
+    record = export_merged(usual_adapter, out)
     assert (out / "config.json").is_file() and (out / "tokenizer.json").is_file()
     assert list(out.glob("*.safetensors")) and not list(out.glob("adapter_*"))  # no peft left in it
     assert "sunrise_float64" not in (out / "config.json").read_text()  # other engines know its attention
     saved = json.loads((out / "sunrise_export.json").read_text())
     assert saved == record and saved["adapter"]["trained_on"] == "nf4" and saved["merged_into"] == "nf4 grid"
-    assert saved["adapter"]["manifest"] == json.loads((REFERENCE_ADAPTER / "manifest.json").read_text())
+    assert saved["adapter"]["manifest"] == json.loads((usual_adapter / "manifest.json").read_text())
     assert not list(tmp_path.glob(".merged.*"))  # nothing half-written beside it
     notes = [c.note for c in SEED[:3]]
     merged = HFBackend(ModelSpec(base=str(out), quantization="none"))
-    on_nf4 = HFBackend(ModelSpec(quantization="nf4", adapter=str(REFERENCE_ADAPTER)))
+    on_nf4 = HFBackend(ModelSpec(quantization="nf4", adapter=str(usual_adapter)))
     settings = GenerationSettings(decoding="free")
     assert [g.text for g in merged.generate(notes, settings)] == [g.text for g in on_nf4.generate(notes, settings)]
     with pytest.raises(HarnessError, match="already exists"):
-        export_merged(REFERENCE_ADAPTER, out)
+        export_merged(usual_adapter, out)

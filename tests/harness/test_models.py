@@ -188,13 +188,13 @@ def test_nf4_with_reference_adapter_extracts_seed_notes():
 
 
 @pytest.mark.slow
-def test_an_adapter_trained_on_notes_cut_at_their_spaces_is_read_so(cut_adapter_copy):
+def test_an_adapter_trained_on_notes_cut_at_their_spaces_is_read_so():
     """Generation encodes the note as the adapter's training did (its manifest says how), and the
     identity, so the cache key, says which way it was read."""
     from harness.schema import dumps
     from train.trainer import IGNORE, encode_example
 
-    cut = HFBackend(ModelSpec(quantization="nf4", adapter=str(cut_adapter_copy)))
+    cut = HFBackend(ModelSpec(quantization="nf4", adapter=str(REFERENCE_ADAPTER)))
     assert cut.identity["note_tokens"] == "split at spaces"
     note = SEED[0].note
     example = encode_example(cut.tokenizer, note, dumps(SEED[0].expected), "all", split_note_spaces=True)

@@ -15,6 +15,7 @@ from harness.openai_backend import HTTPOptions, OpenAIBackend, ServedModel
 from harness.prompt import SYSTEM_PROMPT, messages
 from harness.schema import SCHEMA, dumps
 from harness.server import create_app
+from harness.settings import REFERENCE_ADAPTER
 from harness.transcribe import Transcriber
 from scenarios import SEED
 from tests.fakes.servers import running
@@ -142,9 +143,9 @@ def test_a_prompt_of_token_ids_is_answered_when_it_is_one_the_model_reads(served
 
 
 @pytest.mark.slow
-def test_a_served_adapter_answers_as_it_does_in_process(tmp_path, cut_adapter_copy):
-    """`sunrise serve` in a subprocess, the real embedded model and the reference adapter, its manifest
-    saying it reads notes cut at their spaces: over HTTP, with requests in flight together (so the
+def test_a_served_adapter_answers_as_it_does_in_process(tmp_path):
+    """`sunrise serve` in a subprocess, the real embedded model and the reference adapter, which reads
+    notes cut at their spaces: over HTTP, with requests in flight together (so the
     server batches them its own way), every seed note gets exactly the output the same model gives in
     process, both as chat messages (the server cuts the note) and as the token ids the harness makes
     from the adapter's folder (as it sends them to vLLM): greedy, the same prompt, the same per-note
@@ -154,7 +155,7 @@ def test_a_served_adapter_answers_as_it_does_in_process(tmp_path, cut_adapter_co
     from harness.models import HFBackend, ModelSpec
     from tests.fakes.servers import server_process
 
-    adapter = cut_adapter_copy
+    adapter = REFERENCE_ADAPTER
     serve = [sys.executable, "-m", "harness.cli", "serve", "--port", "{port}", "--decoding", "free",
              "--adapter", str(adapter)]
     notes = [c.note for c in SEED]

@@ -138,7 +138,7 @@ def test_an_unknown_model_and_a_refused_connection_are_clear(fake):
 
 
 def test_an_adapter_that_reads_notes_cut_at_their_spaces_is_sent_token_ids(fake, tmp_path, tokenizer,
-                                                                          cut_adapter_copy):
+                                                                          usual_adapter):
     """A server tokenizes a chat message its own way; an adapter trained on notes cut at their spaces
     (its folder named after '#') gets its prompts as the token ids it was trained on, with the same
     bound and structured-output request, and its identity says so."""
@@ -146,7 +146,7 @@ def test_an_adapter_that_reads_notes_cut_at_their_spaces_is_sent_token_ids(fake,
     from harness.prompt import prompt_ids
     from harness.settings import REFERENCE_ADAPTER
 
-    folder = cut_adapter_copy
+    folder = REFERENCE_ADAPTER
     ids = [prompt_ids(tokenizer, n, split_note_spaces=True) for n in NOTES]
     fake.answers_by_ids = {tuple(i): dumps(c.expected) for i, c in zip(ids, SEED, strict=False)}
 
@@ -162,8 +162,8 @@ def test_an_adapter_that_reads_notes_cut_at_their_spaces_is_sent_token_ids(fake,
     assert sent[0]["max_tokens"] == cut.max_new_tokens(NOTES[0], GenerationSettings())
     cut.generate(NOTES[:1], GenerationSettings(decoding="grounded"))
     assert fake.requests[-1]["structured_outputs"] == {"grammar": grammar_for("grounded", NOTES[0])}
-    # Read the usual way (the reference adapter's own folder), the same name goes by chat.
-    plain = load_backend(ModelSpec(base=f"openai:served-base@{fake.url}", adapter=f"openai:cand#{REFERENCE_ADAPTER}"))
+    # Read the usual way (its manifest says so), the same name goes by chat.
+    plain = load_backend(ModelSpec(base=f"openai:served-base@{fake.url}", adapter=f"openai:cand#{usual_adapter}"))
     assert "note_tokens" not in plain.identity and plain.identity != cut.identity
     plain.generate(NOTES[:1], GenerationSettings())
     assert "messages" in fake.requests[-1]

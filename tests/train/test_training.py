@@ -32,6 +32,8 @@ def test_profiles_and_overrides_validate():
     assert profile("full").check_numerics and profile("full").check_notes > 0 and not profile("quick").check_numerics
     # Split openers pay off over the full profile's steps, not the quick profile's 48 (README).
     assert (profile("full").split_quotes, profile("quick").split_quotes) == ("all", "closers")
+    # The reference recipe reads notes cut at their spaces; the quick profile's 48 steps gain nothing from it.
+    assert profile("full").split_note_spaces and not profile("quick").split_note_spaces
     # Both profiles add the MLP linears to the study's attention-only LoRA (the library default, below).
     assert profile("full").target_modules == profile("quick").target_modules == ATTENTION + MLP
 
