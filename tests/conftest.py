@@ -34,8 +34,8 @@ def adapter_copy(tmp_path) -> Path:
 @pytest.fixture(scope="session")
 def usual_adapter(tmp_path_factory) -> Path:
     """The reference adapter with its manifest saying it reads notes as BPE cuts them (read-only: tests
-    share it): what llama.cpp can take, since it tokenizes notes itself; read so, the reference adapter
-    scores field F1 0.85 against 0.92 on the 100 test notes (README, "The reference adapter")."""
+    share it): what llama.cpp can take, since it tokenizes notes itself. Read so, an adapter of its
+    recipe loses most of what the cut gained (README, "The reference adapter")."""
     dst = tmp_path_factory.mktemp("usual") / "adapter"
     shutil.copytree(REFERENCE_ADAPTER, dst)
     manifest = json.loads((dst / "manifest.json").read_text())

@@ -47,9 +47,9 @@ class TrainConfig:
     # The note cut at its spaces before BPE, so a value's first word is the tokens the answer writes
     # (harness.prompt.prompt_ids); the adapter is then read the same way wherever this project loads it.
     # Two epochs of the full profile, seeds 1 and 0: field F1 0.894 and 0.885 against 0.850 on the 100 test
-    # notes; with 3 epochs 0.925 and 0.924 (README, "The note cut at its spaces"). The full profile's; off by
-    # default: a server that tokenizes the note itself (llama.cpp) reads it the usual way (vLLM takes the token
-    # ids the harness sends).
+    # notes; with 3 epochs 0.925 and 0.924 (README, "The note cut at its spaces"). On in the full profile, off
+    # by default: a server that tokenizes the note itself (llama.cpp) reads it the usual way (vLLM takes the
+    # token ids the harness sends).
     split_note_spaces: bool = False
     answer_logits: bool = True  # LM head on answer positions only: same loss, less compute (benchmarks/training.py)
     # The LM head and cross-entropy over chunks of labelled positions, the 49k-wide logits never whole
@@ -128,7 +128,7 @@ PROFILES: dict[str, TrainConfig] = {
     # close the lists around them (README, "The quick profile").
     # Closing quotes split, not opening ones: in the main job, 48 steps with split openers scored schema
     # valid 0.77 against 0.93 and json valid 0.82 against 0.98 on all 119 scenarios (one run each); they
-    # pay off over the full profile's longer run (114 steps when measured) (README, "The reference adapter").
+    # pay off over the full profile's longer run, 114 steps when measured (README, "The reference adapter").
     "quick": TrainConfig(profile="quick", learning_rate=1e-3, max_steps=48, eval_steps=24, warmup_steps=3,
                          target_modules=ATTENTION + MLP, split_quotes="closers"),
     # The reference adapter's recipe: 3 epochs, validation and a checkpoint after each (57 steps of 8), LoRA on
