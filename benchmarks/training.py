@@ -47,26 +47,33 @@ class Lever:
 TORCH_DROPOUT = {"bits_dropout": False}  # torch's own dropout, the default before bits-dropout
 UNFUSED = {"fused_head": False}  # transformers' LM head and loss over whole logits, the default before fused-head
 CAST = {"uncast_lora_inputs": False}  # peft's float32 copy of each LoRA input, the default before uncast-lora-inputs
+SDPA = {"attn_implementation": "sdpa"}  # torch's attention kernel, the default before eager-attention
 DDP = {"OMP_NUM_THREADS": "1"}
 LEVERS: dict[str, Lever] = {
     # The committed reference recipe as the harness ran it before: MKL pinned to strict mode on import.
-    "today": Lever({"answer_logits": False, **STUDY, **TORCH_DROPOUT, **UNFUSED, **CAST}, {"MKL_CBWR": "AVX2,STRICT"}),
+    "today": Lever({"answer_logits": False, **STUDY, **TORCH_DROPOUT, **UNFUSED, **CAST, **SDPA},
+                   {"MKL_CBWR": "AVX2,STRICT"}),
     # Training no longer pins MKL (harness.numerics).
-    "mkl-auto": Lever({"answer_logits": False, **STUDY, **TORCH_DROPOUT, **UNFUSED, **CAST}),
+    "mkl-auto": Lever({"answer_logits": False, **STUDY, **TORCH_DROPOUT, **UNFUSED, **CAST, **SDPA}),
     # the LM head on answer positions only (now the default)
-    "answer-logits": Lever({**STUDY, **TORCH_DROPOUT, **UNFUSED, **CAST}),
-    "batch8": Lever({**TORCH_DROPOUT, **UNFUSED, **CAST}),  # one micro-batch of 8 (now the CPU default)
+    "answer-logits": Lever({**STUDY, **TORCH_DROPOUT, **UNFUSED, **CAST, **SDPA}),
+    "batch8": Lever({**TORCH_DROPOUT, **UNFUSED, **CAST, **SDPA}),  # one micro-batch of 8 (now the CPU default)
     # LoRA dropout masks from random bits (train/dropout.py; now the CPU default)
-    "bits-dropout": Lever({**UNFUSED, **CAST}),
+    "bits-dropout": Lever({**UNFUSED, **CAST, **SDPA}),
     # The LM head and its loss over chunks of labelled positions (train/head_loss.py; now the default)
-    "fused-head": Lever(CAST),
+    "fused-head": Lever({**CAST, **SDPA}),
     # LoRA inputs under autocast without peft's float32 copies (train.trainer.lora_inputs_uncast; now the default)
-    "uncast-lora-inputs": Lever({}),
+    "uncast-lora-inputs": Lever(SDPA),
+    # Eager attention in bf16 on a CPU instead of torch's flash-attention kernel (train.trainer._attention; now
+    # the default there)
+    "eager-attention": Lever({}),
     # ddp-2x1-cast (below) without fused-head: what the main job and the full profile ran before fused-head.
-    "ddp-2x1-unfused": Lever({**UNFUSED, **CAST}, DDP, processes=2),
+    "ddp-2x1-unfused": Lever({**UNFUSED, **CAST, **SDPA}, DDP, processes=2),
     # ddp-2x1 (below) with peft's float32 copies: what the main job and the full profile ran before uncast-lora-inputs.
-    "ddp-2x1-cast": Lever(CAST, DDP, processes=2),
-    # The rows below each change one thing in uncast-lora-inputs.
+    "ddp-2x1-cast": Lever({**CAST, **SDPA}, DDP, processes=2),
+    # ddp-2x1 (below) with torch's attention kernel: what they ran before eager-attention.
+    "ddp-2x1-sdpa": Lever(SDPA, DDP, processes=2),
+    # The rows below each change one thing in eager-attention.
     # fp32 even where precision auto picks bf16 (a CPU with bf16 units), to see which is faster.
     "fp32": Lever({"precision": "fp32"}),
     # Two processes of one thread each (torchrun, gloo), 4 records each (the same effective batch of 8):
@@ -109,6 +116,7 @@ def run_lever(name: str, data: Path, steps: int) -> dict | None:
         return None
     step = statistics.median(clock.seconds[1:])  # the first step pays for warm-up
     return {"precision": manifest["hyperparameters"]["precision_used"],
+            "attention": manifest["hyperparameters"]["attn_implementation_used"],
             "micro_batch": "{} x {}".format(*manifest["hyperparameters"]["micro_batch_used"])
                            + (f" x {manifest['hyperparameters']['processes']} processes"
                               if manifest["hyperparameters"]["processes"] > 1 else ""),
@@ -256,7 +264,7 @@ def main() -> None:
         r["fraction_of_bound"] = round(r["tokens_per_s"] * per_token / 1e9 / r["bound_gflops"], 3)
         r["vs_today"] = round(r["tokens_per_s"] / (rows[0] if rows else r)["tokens_per_s"], 2)
         rows.append(r)
-        print(f"{name:14} {r['precision']:5} {r['micro_batch']:6} step {r['median_step_s']:6.2f} s "
+        print(f"{name:14} {r['precision']:5} {r['attention']:6} {r['micro_batch']:6} step {r['median_step_s']:6.2f} s "
               f"{r['tokens_per_s']:6.1f} tokens/s {r['fraction_of_bound']:6.1%} of the {r['precision']} bound "
               f"in {r['wall_s']:.0f} s "
               f"x{r['vs_today']:.2f}  loss {r['final_train_loss']:.4f} val {r['final_val_loss']:.4f}", flush=True)

@@ -369,7 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-modules", default=None, help="comma-separated, e.g. q_proj,k_proj,v_proj,o_proj")
     p.add_argument("--quantization", choices=QUANTIZATIONS, default=None,
                    help="frozen base weights: nf4 (QLoRA, default) or none (plain LoRA)")
-    p.add_argument("--attn-implementation", default=None, help="e.g. eager for old GPUs")
+    p.add_argument("--attn-implementation", default=None,
+                   help="default: eager on a CPU training in bf16, SDPA elsewhere; e.g. eager for old GPUs")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("check-numerics", help="a trained adapter on NF4 and unquantised bases alike, recorded in its "

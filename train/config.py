@@ -39,7 +39,9 @@ class TrainConfig:
     max_steps: int = -1  # > 0 overrides epochs
     eval_steps: int = 50  # validation loss (no weight updates) and a checkpoint every this many steps
     precision: Precision = "auto"  # auto: bf16 where the GPU or CPU has bf16 units, else fp32 (GTX 10xx)
-    attn_implementation: str | None = None  # "eager" for old GPUs
+    # None: eager on a CPU training in bf16 (faster there), transformers' default (SDPA) elsewhere
+    # (train.trainer._attention); "eager" for old GPUs
+    attn_implementation: str | None = None
     # Answers tokenised with the quotes that carry a decision on their own (train.trainer.encode_example):
     # "closers" before a bracket, "all" the opening quotes of values as well. The same text, decisions the
     # model learns sooner: "all" is what taught the reference adapter to write null for a missing name.

@@ -30,11 +30,29 @@ class BitsDropout(torch.nn.Module):
         n = x.numel()
         # The whole int64 range, so every 16-bit quarter of a draw is uniform (the upper bound is exclusive).
         bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_(-(2**63), 2**63 - 1)
-        keep = bits.view(torch.int16)[:n].view(x.shape) >= self.threshold
-        return x * keep * (1 / (1 - self.p))
+        drop = bits.view(torch.int16)[:n].view(x.shape) < self.threshold
+        return _DropScaled.apply(x, drop, 1 / (1 - self.p))
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
+
+
+class _DropScaled(torch.autograd.Function):
+    """x with the `drop` values zeroed and the rest times `scale`, and the same for its gradient: what
+    `x * keep * scale` computes, to the bit, in two passes over x instead of three (and two over the
+    gradient instead of three), with no copy of the mask into x's dtype (x * a bool mask makes one, forward
+    and backward)."""
+
+    @staticmethod
+    def forward(ctx, x, drop, scale):
+        ctx.save_for_backward(drop)
+        ctx.scale = scale
+        return x.masked_fill(drop, 0).mul_(scale)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (drop,) = ctx.saved_tensors
+        return grad.masked_fill(drop, 0).mul_(ctx.scale), None, None
 
 
 def use_bits_dropout(model: torch.nn.Module) -> int:

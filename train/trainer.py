@@ -124,6 +124,18 @@ def _precision(config: TrainConfig) -> str:
     return "bf16" if _cpu_has_bf16() else "fp32"
 
 
+def _attention(config: TrainConfig, precision: str) -> str | None:
+    """The attention transformers trains with; None: its default (SDPA). In bf16 on a CPU, eager attention
+    (batched matmuls and a softmax): torch's CPU flash-attention kernel took a quarter of a step there,
+    and eager ran 1.11x as fast in two processes, at the same losses; in float32 it gained nothing
+    (benchmarks/training.py, README "Training throughput")."""
+    import torch
+
+    if config.attn_implementation or precision != "bf16" or torch.cuda.is_available():
+        return config.attn_implementation
+    return "eager"
+
+
 def _cpu_has_bf16() -> bool:
     try:
         flags = Path("/proc/cpuinfo").read_text()
@@ -160,14 +172,16 @@ def train(config: TrainConfig, out_dir: Path, data_dir: Path | None = None, resu
 
     precision = _precision(config)
     compute_dtype = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[precision]
+    attention = _attention(config, precision)
     spec = ModelSpec(base=config.base_model, quantization=config.quantization, dtype=compute_dtype,
-                     attn_implementation=config.attn_implementation)
+                     attn_implementation=attention)
     resolved = resolve_base(spec.base)
     if int(os.environ.get("RANK", "0")):  # under torchrun: one process's bars are enough
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
     tokenizer, model = load_base_model(spec, resolved, for_training=True)
+    attention_used = model.config._attn_implementation  # what transformers resolved None to
     torch.manual_seed(config.seed)
     for p in model.parameters():
         p.requires_grad_(False)
@@ -260,7 +274,8 @@ def train(config: TrainConfig, out_dir: Path, data_dir: Path | None = None, resu
         bound = matmul_bound(compute_dtype, threads=torch.get_num_threads() * processes)
         # What this run resolved its settings to on this machine; micro_batch_used is per process, so the
         # effective batch is its product times the processes.
-        used = {"precision_used": precision, "micro_batch_used": [batch_size, grad_accum], "processes": processes,
+        used = {"precision_used": precision, "attn_implementation_used": attention_used,
+                "micro_batch_used": [batch_size, grad_accum], "processes": processes,
                 "bits_dropout_used": bits_dropout}
         manifest = _manifest(config, used, resolved, data_sha256, dataset_provenance(data_dir), len(train_ds),
                              len(val_ds), trainable,

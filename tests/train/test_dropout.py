@@ -27,6 +27,20 @@ def test_the_gradient_is_the_mask_times_the_scale():
     assert torch.equal(x.grad, (out != 0).float() / 0.7)
 
 
+def test_bf16_values_and_gradients_are_those_of_the_mask_product_to_the_bit():
+    """What the LoRA layers compute under bf16 autocast: x times the keep mask times the scale, forward and
+    backward, rounded as that product rounds (the cheaper passes change no bit)."""
+    torch.manual_seed(2)
+    x = torch.randn(4, 33, 576, dtype=torch.bfloat16, requires_grad=True)
+    out = BitsDropout(0.05).train()(x)
+    keep = out != 0  # randn draws no exact zeros
+    assert out.dtype == torch.bfloat16 and 0.04 < 1 - keep.float().mean().item() < 0.06
+    assert torch.equal(out, x.detach() * keep * (1 / 0.95))
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    assert torch.equal(x.grad, grad * (1 / 0.95) * keep)
+
+
 def test_identity_in_eval_mode_or_at_p_zero():
     x = torch.randn(4, 5)
     assert BitsDropout(0.5).eval()(x) is x

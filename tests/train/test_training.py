@@ -12,7 +12,7 @@ import pytest
 from scenarios.splits import GENERATOR_VERSION, SplitSizes
 from train.config import ATTENTION, MLP, PROFILES, TrainConfig, profile
 from train.dataset import dataset_hash, write_dataset
-from train.trainer import IGNORE, PadCollator, encode_example, how_to_remake
+from train.trainer import IGNORE, PadCollator, _attention, encode_example, how_to_remake
 
 
 def test_profiles_and_overrides_validate():
@@ -49,6 +49,13 @@ def test_study_defaults():
     assert c.micro_batch(on_gpu=False, processes=2) == (4, 1) and c.micro_batch(on_gpu=True, processes=2) == (2, 2)
     assert c.override(batch_size=8).micro_batch(on_gpu=False, processes=2) == (8, 1)  # an explicit size stays
     assert c.target_modules == ("q_proj", "k_proj", "v_proj", "o_proj") and c.quantization == "nf4"
+
+
+def test_eager_attention_only_where_it_pays_a_cpu_in_bf16():
+    full = profile("full")
+    assert _attention(full, "bf16") == "eager"  # torch's CPU flash-attention kernel is slow in bf16
+    assert _attention(full, "fp32") is None  # transformers' default (SDPA): eager gained nothing there
+    assert _attention(full.override(attn_implementation="sdpa"), "bf16") == "sdpa"  # an explicit choice stays
 
 
 def test_how_to_remake_names_the_dataset_and_the_launch():
@@ -335,6 +342,8 @@ def test_short_real_training_lowers_the_loss_and_writes_every_output(tmp_path, t
     assert manifest["hyperparameters"]["rank"] == 16 and manifest["dataset"]["train"] == 16
     assert manifest["hyperparameters"]["processes"] == 1  # with micro_batch_used, the effective batch
     assert manifest["hyperparameters"]["bits_dropout_used"]  # on a CPU
+    used = manifest["hyperparameters"]
+    assert used["attn_implementation_used"] == ("eager" if used["precision_used"] == "bf16" else "sdpa")
     assert manifest["dataset"]["sha256"] == dataset_hash(tiny_data)
     assert manifest["dataset"]["generated"]["generator_version"] == GENERATOR_VERSION
     assert manifest["how_to_remake"].startswith("sunrise dataset --out DATA --seed 0 --train 16 --val 4 --test 0 ")
