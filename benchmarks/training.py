@@ -74,8 +74,13 @@ LEVERS: dict[str, Lever] = {
     # ddp-2x1 (below) with torch's attention kernel: what they ran before eager-attention.
     "ddp-2x1-sdpa": Lever(SDPA, DDP, processes=2),
     # The rows below each change one thing in eager-attention.
-    # fp32 even where precision auto picks bf16 (a CPU with bf16 units), to see which is faster.
+    # fp32 even where precision auto picks bf16 (a CPU with bf16 units), to see which is faster; fp32 trains
+    # with SDPA (train.trainer._attention).
     "fp32": Lever({"precision": "fp32"}),
+    # Two processes in fp32 (what the AVX2 class trains in), with SDPA and with eager attention: eager pays
+    # in bf16 only (README, "Training throughput").
+    "ddp-2x1-fp32": Lever({"precision": "fp32"}, DDP, processes=2),
+    "ddp-2x1-fp32-eager": Lever({"precision": "fp32", "attn_implementation": "eager"}, DDP, processes=2),
     # Two processes of one thread each (torchrun, gloo), 4 records each (the same effective batch of 8):
     # the cores split across records instead of inside each operation.
     "ddp-2x1": Lever({}, DDP, processes=2),

@@ -99,8 +99,12 @@ def test_gguf_exports_carry_the_adapter_on_the_weights_it_was_trained_on(gguf_ex
 def test_llama_cpp_serves_the_gguf_lora_and_the_harness_evaluates_it_over_http(gguf_exports, usual_adapter):
     """llama.cpp's own OpenAI-compatible server (llama-cpp-python, built by scripts/setup.sh) with the
     exported base.gguf and adapter.gguf, evaluated through the HTTP backend like any served model,
-    greedy: every seed note gets the output the adapter gives in process on NF4. (llama-cpp-python's
-    server is greedy only with repeat_penalty 1; its default, 1.1, changed 12 of 20 test notes.)"""
+    greedy: every seed note gets the output the adapter gives in process on NF4, but where the two
+    engines' arithmetic (GGUF's half-precision weights, torch's float32) meets a near tie: at most one
+    note may part, and only where the in-process model puts the served continuation within 0.5 logits
+    of its own (the reference adapter read the usual way, as here, parted on one note at 0.006 logits:
+    " Dave" in process, "Dave" served). (llama-cpp-python's server is greedy only with repeat_penalty 1;
+    its default, 1.1, changed 12 of 20 test notes.)"""
     from harness.openai_backend import HTTPOptions, OpenAIBackend, ServedModel
     from tests.fakes.servers import server_process
 
@@ -116,10 +120,36 @@ def test_llama_cpp_serves_the_gguf_lora_and_the_harness_evaluates_it_over_http(g
                                HTTPOptions(concurrency=1, extra_body={"repeat_penalty": 1}))
         over_http = served.generate(notes, GenerationSettings(decoding="free"))
     assert served.identity["served"]["id"] == "tuned" and served.identity["adapter_sha256"] == lora["adapter"]["sha256"]
-    in_process = HFBackend(ModelSpec(quantization="nf4", adapter=str(usual_adapter))).generate(
-        notes, GenerationSettings(decoding="free"))
+    backend = HFBackend(ModelSpec(quantization="nf4", adapter=str(usual_adapter)))
+    in_process = backend.generate(notes, GenerationSettings(decoding="free"))
     assert [g.error for g in over_http] == [None] * len(notes)
-    assert [g.text for g in over_http] == [g.text for g in in_process]
+    parted = [(note, ours.text, theirs.text) for note, ours, theirs in zip(notes, in_process, over_http, strict=True)
+              if ours.text != theirs.text]
+    gaps = [_gap_where_they_part(backend, *part) for part in parted]
+    assert len(parted) <= 1 and all(gap < 0.5 for gap in gaps), (parted, gaps)
+
+
+def _gap_where_they_part(backend, note, ours, theirs):
+    """How far, in logits, the in-process model puts the best token that goes `theirs`' way below its own
+    greedy choice, at the step where its answer (`ours`, decoded again here token by token) parts from
+    `theirs`."""
+    import torch
+
+    from harness.prompt import prompt_ids
+
+    tokenizer, shared = backend.tokenizer, len(os.path.commonprefix([ours, theirs]))
+    ids, text = prompt_ids(tokenizer, note), ""
+    with torch.no_grad():
+        while True:
+            logits = backend.model(torch.tensor([ids])).logits[0, -1].float()
+            choice = int(logits.argmax())
+            piece = tokenizer.decode([choice])
+            if len(text) + len(piece) > shared or not piece:
+                break
+            text, ids = text + piece, [*ids, choice]
+    rest = theirs[len(text):]
+    their_way = [i for i in range(len(tokenizer)) if (piece := tokenizer.decode([i])) and rest.startswith(piece)]
+    return (logits[choice] - logits[their_way].max()).item()
 
 
 @pytest.mark.slow
