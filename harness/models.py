@@ -217,9 +217,17 @@ def resolve_base(base: str, cache_dir: Path | None = None) -> ResolvedBase:
         prepared = prepared_name(path)
         return ResolvedBase(prepared or path.name, str(path), folder_weights_sha256(path, cache_dir),
                             nf4_grid=prepared is not None)
-    if path.is_absolute() or base.startswith((".", "~")) or base.count("/") > 1:
+    if not is_hub_id(base):
         raise ModelNotFoundError(f"model folder {path} does not exist")
     return _resolve_hub_id(base, cache_dir)
+
+
+def is_hub_id(base: str) -> bool:
+    """Whether `resolve_base` looks `base` up as a Hugging Face hub id: not the embedded model, a .gguf
+    file, a folder here or a path."""
+    path = Path(base).expanduser()
+    return not (base in (EMBEDDED, EMBEDDED_NAME) or path.suffix == ".gguf" or path.is_dir() or path.is_absolute()
+                or base.startswith((".", "~")) or base.count("/") > 1)
 
 
 def _source_sha(folder: Path, cache_dir: Path) -> str:

@@ -14,6 +14,7 @@ errors, summaries and reports never hold it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import time
@@ -30,6 +31,7 @@ from harness.models import (
     GenerationSettings,
     answer_bound,
     inspect_adapter,
+    is_hub_id,
     resolve_base,
     token_limit,
 )
@@ -226,14 +228,25 @@ def _local_adapter(adapter: str | None) -> AdapterInfo | None:
 
 
 def _base_tokenizer(adapter: AdapterInfo):
-    """The tokenizer of the base model `adapter` was trained on, found here as harness.models finds bases."""
+    """The tokenizer of the base model `adapter` was trained on, found here as harness.models finds bases;
+    for a hub id, its tokenizer's files alone (the local cache first), not the weights resolve_base would
+    fetch to hash them: the served model's 6 GB, for Qwen2.5-3B, to make token ids."""
     from transformers import AutoTokenizer
 
+    why = (f"{adapter.path} reads notes cut at their spaces, so its prompts are made here as token ids, with its "
+           "base model's tokenizer")
+    name = adapter.base_name
+    if is_hub_id(name):
+        for local_only in (True,) if os.environ.get("HF_HUB_OFFLINE") == "1" else (True, False):
+            with contextlib.suppress(Exception):  # not in the cache (then the hub), or the hub unreachable
+                return AutoTokenizer.from_pretrained(name, local_files_only=local_only)
+        raise ModelNotFoundError(f"{why}: {name!r}'s tokenizer is neither in the local Hugging Face cache nor on "
+                                 f"a reachable hub; download it where the hub is reachable (huggingface-cli "
+                                 f"download {name} --include '*.json' '*.txt' '*.model' '*.jinja')")
     try:
-        folder = resolve_base(adapter.base_name).folder
+        folder = resolve_base(name).folder
     except ModelNotFoundError as exc:
-        raise ModelNotFoundError(f"{adapter.path} reads notes cut at their spaces, so its prompts are made here "
-                                 f"as token ids, with its base model's tokenizer: {exc}") from None
+        raise ModelNotFoundError(f"{why}: {exc}") from None
     return AutoTokenizer.from_pretrained(folder)
 
 

@@ -4,10 +4,11 @@ failure shrunk within a time budget.
 Every example costs a generation, and one at a time a weak model spends minutes on them. So the
 examples are first drawn without a model (the same seeded search, with a body that only records
 what it is given), generated together in one batched pass, and then judged by the real search,
-which finds them already generated. Shrinking generates one note at a time: once `shrink_budget`
-seconds have passed since the first failure, a note not yet generated counts as passing, so the
-shrinker stops at the smallest failing note found so far: a real, reproducible failure, only
-perhaps not the smallest one.
+which finds them already generated. Shrinking generates one note at a time: a note not yet generated
+counts as passing once generating it would end more than `shrink_budget` seconds after the first
+failure (judged by how long the last such generation took), so the shrinker stops at the smallest
+failing note found so far, within its budget: a real, reproducible failure, only perhaps not the
+smallest one.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ def search(evaluation: Evaluation, variant: str, strategy: st.SearchStrategy[Cas
     stats = SearchStats(shrink_budget=shrink_budget)
     seen: dict[str, Outcome] = {}  # by note and truth: a replayed note gets the same verdict
     drawn: list[Case] = []
-    state = {"collect": True, "first_failure": None, "minimal": None}
+    state = {"collect": True, "first_failure": None, "minimal": None, "single_seconds": 0.0}
     t0 = time.monotonic()
 
     def judge(case: Case) -> None:
@@ -89,13 +90,17 @@ def search(evaluation: Evaluation, variant: str, strategy: st.SearchStrategy[Cas
         outcome = seen.get(key)
         if outcome is None:
             started = state["first_failure"]
-            if started is not None and time.monotonic() - started > shrink_budget:
+            # A generation is not started when, as long as the last one took, it would end past the budget.
+            if started is not None and time.monotonic() - started + state["single_seconds"] > shrink_budget:
                 stats.skipped += 1
                 stats.budget_hit = True
                 return
             batched = evaluation.has_generated(variant, case.note)
+            g0 = time.monotonic()
             outcome = seen[key] = evaluation.evaluate_extra(variant, case)
-            stats.generated_singly += not batched
+            if not batched:
+                stats.generated_singly += 1
+                state["single_seconds"] = time.monotonic() - g0
         stats.examples += 1
         if not outcome.passed:
             state["first_failure"] = state["first_failure"] or time.monotonic()

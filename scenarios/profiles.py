@@ -8,8 +8,8 @@ import os
 from hypothesis import HealthCheck, Verbosity, settings
 
 # Model-facing property tests pay one generation per example, so they draw fewer (generated in one
-# batch), and shrinking a failure, one generation per attempt, stops after a budget in seconds:
-# enough on 2 CPU cores for a few dozen short attempts, a small part of a run (harness.property_search).
+# batch), and shrinking a failure, one generation per attempt, stays within a budget in seconds: about
+# a dozen attempts of about 5 s on 2 CPU cores, under a fifth of the main job's suite (harness.property_search).
 MODEL_EXAMPLES = {"dev": 6, "ci": 8, "nightly": 100, "debug": 3}
 SHRINK_SECONDS = {"dev": 60.0, "ci": 60.0, "nightly": 600.0, "debug": 30.0}
 

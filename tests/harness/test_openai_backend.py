@@ -10,6 +10,7 @@ from harness.generation import Generator
 from harness.grammar import grammar_for
 from harness.models import GenerationSettings, ModelSpec, load_backend
 from harness.openai_backend import HTTPOptions, OpenAIBackend, ServedModel
+from harness.prompt import prompt_ids
 from harness.schema import SCHEMA, dumps
 from scenarios import SEED
 from tests.fakes.openai_server import KEY, FakeOpenAI
@@ -143,7 +144,6 @@ def test_an_adapter_that_reads_notes_cut_at_their_spaces_is_sent_token_ids(fake,
     (its folder named after '#') gets its prompts as the token ids it was trained on, with the same
     bound and structured-output request, and its identity says so."""
     from harness.models import inspect_adapter
-    from harness.prompt import prompt_ids
     from harness.settings import REFERENCE_ADAPTER
 
     folder = REFERENCE_ADAPTER
@@ -178,3 +178,50 @@ def test_a_served_base_takes_a_served_adapter_on_the_same_server(fake):
         load_backend(ModelSpec(base=f"openai:served-base@{fake.url}", adapter="fixtures/reference-adapter"))
     with pytest.raises(AdapterError, match="needs a served base model"):
         load_backend(ModelSpec(adapter="openai:cand"))
+
+
+def _hub_cache_with_tokenizer_only(root, repo_id: str):
+    """A Hugging Face cache holding `repo_id` as the embedded model's tokenizer and config, no weights."""
+    import shutil
+
+    from harness.models import resolve_base
+
+    source = resolve_base("embedded").folder
+    repo = root / f"models--{repo_id.replace('/', '--')}"
+    snapshot = repo / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        shutil.copy(f"{source}/{name}", snapshot / name)
+
+
+def test_a_cut_note_adapter_on_a_hub_base_needs_its_tokenizer_only(fake, tmp_path, tokenizer, monkeypatch):
+    """An adapter whose base is a hub id (Qwen2.5-3B, served by vLLM) gets token ids made with that base's
+    tokenizer alone, from the local cache: its weights are neither needed nor fetched. Where the
+    tokenizer is not to be had, the error says what to download."""
+    import shutil
+
+    import harness.openai_backend
+    from harness.settings import REFERENCE_ADAPTER
+
+    adapter = tmp_path / "adapter"
+    shutil.copytree(REFERENCE_ADAPTER, adapter)
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    (adapter / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": "someorg/tok-only"}))
+    hub = tmp_path / "hub"
+    _hub_cache_with_tokenizer_only(hub, "someorg/tok-only")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(hub))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    def no_weights(base, *args, **kwargs):
+        raise AssertionError(f"resolve_base({base!r}) fetches a hub model's weights")
+
+    monkeypatch.setattr(harness.openai_backend, "resolve_base", no_weights)
+    cut = load_backend(ModelSpec(base=f"openai:served-base@{fake.url}", adapter=f"openai:cand#{adapter}"))
+    cut.generate(NOTES[:1], GenerationSettings())
+    assert fake.requests[-1]["prompt"] == prompt_ids(tokenizer, NOTES[0], split_note_spaces=True)
+
+    shutil.rmtree(hub)
+    with pytest.raises(ModelNotFoundError, match="'someorg/tok-only'.s tokenizer .*huggingface-cli download"):
+        load_backend(ModelSpec(base=f"openai:served-base@{fake.url}", adapter=f"openai:cand#{adapter}"))

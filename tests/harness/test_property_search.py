@@ -62,3 +62,23 @@ def test_past_the_shrink_budget_untried_notes_count_as_passing_and_the_failure_s
     assert failure is not None and not failure.passed and failure.case.note != _numbered(100).note
     assert failure.case.note in {n for call in backend.calls for n in call}  # a real generation's verdict
     assert result.stats.budget_hit and result.stats.skipped > 0 and "budget spent" in result.stats.line()
+
+
+def test_shrinking_starts_no_generation_that_would_end_past_its_budget(monkeypatch):
+    """Each one-at-a-time generation takes 10 s of a fake clock: with a 25 s budget the shrinker generates
+    two notes after the first failure, not a third that would end at 30 s."""
+    clock = [0.0]
+    monkeypatch.setattr("harness.property_search.time.monotonic", lambda: clock[0])
+    evaluation, backend = _fails_from_100()
+    answer = backend.outputs
+
+    def slow(note):
+        clock[0] += 10.0
+        return answer(note)
+
+    backend.outputs = slow
+    result = search(evaluation, "tuned:free", NUMBERED, max_examples=20, shrink_budget=25)
+    stats = result.stats
+    assert stats.budget_hit and stats.skipped > 0 and not result.minimal_failure.passed
+    assert stats.shrink_seconds <= 25
+    assert stats.shrink_seconds == 10.0 * stats.generated_singly == 20.0
