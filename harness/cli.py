@@ -418,13 +418,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_prepare_base)
 
     p = sub.add_parser("main", help="the main job: dataset, quick training, evaluation suite and HTML report")
-    p.add_argument("--out", default="runs/main")
-    p.add_argument("--profile", choices=("quick", "full"), default="quick")
-    p.add_argument("--base-model", default="embedded")
-    p.add_argument("--report-dir", default="reports")
+    p.add_argument("--out", default="runs/main", help="folder for the dataset (data/) and the adapter (adapter/)")
+    p.add_argument("--profile", choices=("quick", "full"), default="quick",
+                   help=f"training recipe: quick ({profile('quick').max_steps} steps) or full (the reference "
+                        f"adapter's, {profile('full').epochs:g} epochs)")
+    p.add_argument("--base-model", default="embedded",
+                   help="embedded (SmolLM2-135M-Instruct, shipped), a Hugging Face id, a folder or a .gguf file")
+    p.add_argument("--report-dir", default="reports", help="where the HTML report and summary.json go")
     p.add_argument("--baseline", default=None, help="summary.json to gate against (default: the reference run)")
     p.add_argument("--strict", action="store_true", help="exit 1 when the new adapter fails the gate")
-    p.add_argument("--max-steps", type=_positive, default=None, help="shorten training (smoke runs)")
+    p.add_argument("--max-steps", type=_positive, default=None,
+                   help="train this many steps instead of the profile's (shorter: smoke runs; see README for "
+                        "how many pass the gate's floors)")
     p.add_argument("--processes", type=_positive, default=None,
                    help="training processes (default: 2 on a CPU with 2 cores or more, else 1)")
     p.add_argument("pytest_args", nargs=argparse.REMAINDER, help="after --: extra pytest options")
