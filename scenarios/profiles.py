@@ -8,8 +8,8 @@ import os
 from hypothesis import HealthCheck, Verbosity, settings
 
 # Model-facing property tests pay one generation per example, so they draw fewer (generated in one
-# batch), and shrinking a failure, one generation per attempt, stays within a budget in seconds: about
-# a dozen attempts of about 5 s on 2 CPU cores, under a fifth of the main job's suite (harness.property_search).
+# batch), and shrinking a failure, one generation per attempt, stays within a budget in seconds: on 2 CPU
+# cores 2 to 13 attempts of 5 to 25 s each, under a fifth of the main job's suite (harness.property_search).
 MODEL_EXAMPLES = {"dev": 6, "ci": 8, "nightly": 100, "debug": 3}
 SHRINK_SECONDS = {"dev": 60.0, "ci": 60.0, "nightly": 600.0, "debug": 30.0}
 
