@@ -235,28 +235,33 @@ def _source_sha(folder: Path, cache_dir: Path) -> str:
 
 
 def _resolve_hub_id(model_id: str, cache_dir: Path) -> ResolvedBase:
+    try:
+        folder = hub_snapshot(model_id, ("*.json", "*.safetensors", "*.model", "*.txt"))
+    except ModelNotFoundError as exc:
+        raise ModelNotFoundError(
+            f"{exc}. Download it where the hub is reachable (huggingface-cli download {model_id}) and pass its "
+            f"folder with --base-model, or use the embedded default (--base-model embedded)"
+        ) from None
+    return ResolvedBase(model_id, folder, folder_weights_sha256(Path(folder), cache_dir))
+
+
+def hub_snapshot(model_id: str, files: tuple[str, ...]) -> str:
+    """A folder holding hub model `model_id`'s `files` (glob patterns): from the local Hugging Face cache,
+    else from the hub unless HF_HUB_OFFLINE=1; ModelNotFoundError says where it looked."""
     from huggingface_hub import snapshot_download
 
     tried = [f"the local Hugging Face cache ({os.environ.get('HF_HOME', '~/.cache/huggingface')})"]
     try:
-        folder = snapshot_download(model_id, local_files_only=True)
-    except Exception:
-        if os.environ.get("HF_HUB_OFFLINE") == "1":
-            folder = None
-        else:
-            tried.append("the Hugging Face hub")
-            try:
-                folder = snapshot_download(model_id, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"])
-            except Exception as exc:
-                folder = None
-                tried[-1] += f" ({exc.__class__.__name__})"
-    if folder is None:
-        raise ModelNotFoundError(
-            f"model {model_id!r} not found; tried {', '.join(tried)}. Download it where the hub is reachable "
-            f"(huggingface-cli download {model_id}) and pass its folder with --base-model, or use the "
-            f"embedded default (--base-model embedded)"
-        )
-    return ResolvedBase(model_id, folder, folder_weights_sha256(Path(folder), cache_dir))
+        return snapshot_download(model_id, local_files_only=True)
+    except Exception:  # noqa: BLE001 - not cached: the hub next
+        pass
+    if os.environ.get("HF_HUB_OFFLINE") != "1":
+        tried.append("the Hugging Face hub")
+        try:
+            return snapshot_download(model_id, allow_patterns=list(files))
+        except Exception as exc:  # noqa: BLE001 - unreachable, or no such model: said below
+            tried[-1] += f" ({exc.__class__.__name__})"
+    raise ModelNotFoundError(f"model {model_id!r} not found; tried {', '.join(tried)}")
 
 
 # --------------------------------------------------------------------------- adapters

@@ -14,7 +14,6 @@ errors, summaries and reports never hold it.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import time
@@ -30,6 +29,7 @@ from harness.models import (
     Generation,
     GenerationSettings,
     answer_bound,
+    hub_snapshot,
     inspect_adapter,
     is_hub_id,
     resolve_base,
@@ -227,26 +227,24 @@ def _local_adapter(adapter: str | None) -> AdapterInfo | None:
                            f"or a copy of its folder here ({exc})") from None
 
 
+# What a tokenizer loads from a hub model: config, tokenizer and chat template, no weights.
+TOKENIZER_FILES = ("*.json", "*.txt", "*.model", "*.jinja")
+
+
 def _base_tokenizer(adapter: AdapterInfo):
     """The tokenizer of the base model `adapter` was trained on, found here as harness.models finds bases;
-    for a hub id, its tokenizer's files alone (the local cache first), not the weights resolve_base would
-    fetch to hash them: the served model's 6 GB, for Qwen2.5-3B, to make token ids."""
+    for a hub id, its tokenizer's files alone, not the weights resolve_base would fetch to hash them (the
+    served model's 6 GB, for Qwen2.5-3B, to make token ids)."""
     from transformers import AutoTokenizer
 
-    why = (f"{adapter.path} reads notes cut at their spaces, so its prompts are made here as token ids, with its "
-           "base model's tokenizer")
-    name = adapter.base_name
-    if is_hub_id(name):
-        for local_only in (True,) if os.environ.get("HF_HUB_OFFLINE") == "1" else (True, False):
-            with contextlib.suppress(Exception):  # not in the cache (then the hub), or the hub unreachable
-                return AutoTokenizer.from_pretrained(name, local_files_only=local_only)
-        raise ModelNotFoundError(f"{why}: {name!r}'s tokenizer is neither in the local Hugging Face cache nor on "
-                                 f"a reachable hub; download it where the hub is reachable (huggingface-cli "
-                                 f"download {name} --include '*.json' '*.txt' '*.model' '*.jinja')")
+    name, hub = adapter.base_name, is_hub_id(adapter.base_name)
     try:
-        folder = resolve_base(name).folder
+        folder = hub_snapshot(name, TOKENIZER_FILES) if hub else resolve_base(name).folder
     except ModelNotFoundError as exc:
-        raise ModelNotFoundError(f"{why}: {exc}") from None
+        fetch = (f"; {name!r}'s tokenizer files are enough: huggingface-cli download {name} --include "
+                 + " ".join(f"'{f}'" for f in TOKENIZER_FILES)) if hub else ""
+        raise ModelNotFoundError(f"{adapter.path} reads notes cut at their spaces, so its prompts are made here as "
+                                 f"token ids, with its base model's tokenizer: {exc}{fetch}") from None
     return AutoTokenizer.from_pretrained(folder)
 
 
