@@ -14,6 +14,10 @@ avx512_bf16, bitsandbytes' fused bfloat16 kernel (which the harness turns off).
 `--kv-cache ROUNDS` measures the decoding loop's KV cache (harness.kv_cache) against transformers'
 DynamicCache, for the base and the tuned model, cold and interleaved the same way.
 
+`--lookahead ROUNDS` measures free decoding with drafted tokens (harness.decoding, `greedy_decode`)
+against one token a step, for the base and the tuned model, on NF4, cold and interleaved the same way;
+`--batch-size 1` one note at a time (as the property test shrinks), 0 in batches as the suite runs.
+
 `--merge ROUNDS` measures the tuned model on NF4 with its adapter attached (the default) against the
 adapter merged into the weights dequantised once (`--merge-adapter`, harness.numerics.fold_adapter),
 cold and interleaved the same way.
@@ -93,6 +97,22 @@ def kv_caches(adapter: str, notes: list[str], batch_size: int, rounds: int) -> d
     return interleaved(runs, rounds, "model: KV cache", len(notes))
 
 
+def lookaheads(adapter: str, notes: list[str], batch_size: int, rounds: int) -> dict:
+    settings = GenerationSettings(batch_size=batch_size or None)
+    runs = {f"{model}: {name}": partial(_with_lookahead, adapter_, on, settings, notes)
+            for model, adapter_ in (("base", None), ("tuned", adapter))
+            for name, on in (("one token a step", False), ("drafted tokens", True))}
+    return interleaved(runs, rounds, "model: decoding", len(notes))
+
+
+def _with_lookahead(adapter: str | None, on: bool, settings: GenerationSettings, notes: list[str]) -> dict:
+    """A cold run on a freshly loaded backend: drafts may draw on the answers a backend wrote before."""
+    backend = HFBackend(ModelSpec(quantization="nf4", dtype="float32", adapter=adapter))
+    assert backend.lookahead, "drafting needs the batch-invariant numerics"
+    backend.lookahead = on
+    return run_cold(backend, settings, notes)
+
+
 def merged(adapter: str, notes: list[str], batch_size: int, rounds: int) -> dict:
     settings = GenerationSettings(batch_size=batch_size or None)
     runs = {how: partial(run_cold, HFBackend(ModelSpec(quantization="nf4", dtype="float32", adapter=adapter,
@@ -142,6 +162,9 @@ def main() -> None:
     parser.add_argument("--kv-cache", type=int, metavar="ROUNDS", default=0,
                         help="compare the KV caches instead (see above), over ROUNDS rounds; --batch-size 0: "
                              "automatic, as the suite runs")
+    parser.add_argument("--lookahead", type=int, metavar="ROUNDS", default=0,
+                        help="compare free decoding with and without drafted tokens instead (see above), over "
+                             "ROUNDS rounds; --batch-size 0: automatic")
     parser.add_argument("--merge", type=int, metavar="ROUNDS", default=0,
                         help="compare the adapter attached and merged on NF4 instead (see above), over ROUNDS "
                              "rounds; --batch-size 0: automatic")
@@ -149,7 +172,8 @@ def main() -> None:
     notes = [c.note for c in generate_split("test", args.notes, seed=7)]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    comparisons = {"nf4_arithmetic": nf4_arithmetic, "kv_cache": kv_caches, "merge": merged}  # option: its run
+    comparisons = {"nf4_arithmetic": nf4_arithmetic, "kv_cache": kv_caches, "merge": merged,
+                   "lookahead": lookaheads}  # option: its run
     chosen = next((name for name in comparisons if getattr(args, name)), None)
     if chosen:
         result = comparisons[chosen](args.adapter, notes, args.batch_size, getattr(args, chosen))

@@ -13,10 +13,18 @@ A row that repeats itself (`repeats`) stops there, as it would at its bound: gre
 written the same cycle of tokens four times over almost always writes it until the bound (the base
 model: 91 of the suite's 119 answers), so the rest costs time and tells nothing. A constrained row is
 steered to close instead, as at its bound.
+
+Lookahead: a decode step of a few rows costs about what reading every weight once costs, whatever the
+rows, and an answer here is mostly copied (values from the note, keys from the schema, a loop from
+itself). So free decoding also feeds, behind each row's chosen token, the tokens that followed the same
+few tokens before (`Drafts`), and keeps each one the model's argmax agrees with: several tokens a step,
+the same tokens as one a step wherever a position's logits do not depend on how many positions a step
+computes, which the batch-invariant numerics give (harness.numerics).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -31,6 +39,11 @@ DECODER = "greedy-drop-finished/3"
 # never does: that takes five identical medication entries in a row, or seven identical reasons.
 # Part of the identity.
 LOOP = (32, 32, 4)  # longest cycle, least run, copies
+# Lookahead (`greedy_decode`): a step's drafted tokens, at most LOOKAHEAD[1] a row, are as many as keep
+# its products to about LOOKAHEAD[0] rows; a decode step of a few rows costs what reading every weight
+# costs, whatever the rows, while a wide batch's steps already cost by the row, so it drafts nothing.
+LOOKAHEAD = (32, 8)  # products' rows, most drafted tokens per row
+DRAFT_NGRAM = 3  # the longest tail `Drafts` looks up
 
 
 def whitespace_tokens(tokenizer) -> frozenset[int]:
@@ -79,13 +92,62 @@ def left_padded(rows: list[list[int]], pad_id: int, device=None):
     return input_ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
 
 
+def lookahead_width(rows: int) -> int:
+    """How many drafted tokens each of `rows` rows feeds a step (LOOKAHEAD)."""
+    products, most = LOOKAHEAD
+    return max(0, min(most, products // rows - 1))
+
+
+class Drafts:
+    """Prompt lookup for the rows of one decoding: the `width` tokens that followed the latest earlier
+    occurrence of a row's last DRAFT_NGRAM tokens (fewer where those occur nowhere earlier), in the row's
+    own context (the note that an answer copies from, the cycle that a looping answer repeats) or else in
+    other answers (a schema's skeleton). Each sequence is indexed once, as it grows, so a draft costs a
+    few lookups however long the contexts."""
+
+    def __init__(self, answers: Sequence[list[int]] = ()):
+        self._answers: dict[tuple[int, ...], tuple[list[int], int]] = {}  # n-gram: (answer, where it ends)
+        self._own: dict[int, dict[tuple[int, ...], int]] = {}  # row: n-gram: where it last ends
+        self._indexed: dict[int, int] = {}  # row: the context's length indexed so far
+        for answer in answers:
+            self.add_answer(answer)
+
+    def add_answer(self, answer: list[int]) -> None:
+        for end in range(1, len(answer)):
+            for n in range(1, min(DRAFT_NGRAM, end) + 1):
+                self._answers[tuple(answer[end - n:end])] = (answer, end)
+
+    def draft(self, row: int, context: list[int], width: int) -> list[int]:
+        own = self._own.setdefault(row, {})
+        # Occurrences ending before the context's last token only: the tail itself is no earlier occurrence.
+        for end in range(self._indexed.get(row, 0) + 1, len(context)):
+            for n in range(1, min(DRAFT_NGRAM, end) + 1):
+                own[tuple(context[end - n:end])] = end
+        self._indexed[row] = max(self._indexed.get(row, 0), len(context) - 1)
+        for n in range(min(DRAFT_NGRAM, len(context)), 0, -1):
+            tail = tuple(context[-n:])
+            if tail in own:
+                return context[own[tail]:own[tail] + width]
+            if tail in self._answers:
+                answer, end = self._answers[tail]
+                return answer[end:end + width]
+        return []
+
+
 def greedy_decode(model, rows: list[list[int]], bounds: list[int], stop_ids: list[int], pad_id: int,
                   ignored: frozenset[int], constraint: BatchConstraint | None = None,
-                  written: list[list[int]] | None = None) -> list[Decoded]:
+                  written: list[list[int]] | None = None, lookahead: bool = False,
+                  answers: Sequence[list[int]] = ()) -> list[Decoded]:
     """Decode `rows` (token ids of prompts) together; row i gets at most `bounds[i]` new tokens and
     stops where it repeats itself (`repeats`, whitespace tokens `ignored`). `written[i]`: new tokens
     row i already has (which its matcher has consumed); decoding goes on after them, and they count
-    towards its bound."""
+    towards its bound.
+
+    `lookahead` (free decoding only): a step feeds each row's chosen token and, behind it, tokens drafted
+    from the row's own context, the batch's finished answers or `answers` (`Drafts`), and keeps each
+    drafted token the model's argmax agrees with, so one step can yield several tokens. The tokens are
+    greedy decoding's only where a position's logits do not depend on how many positions a step
+    computes: under the batch-invariant numerics (harness.numerics), which the caller checks."""
     import torch
 
     from harness.kv_cache import growing_cache
@@ -98,6 +160,8 @@ def greedy_decode(model, rows: list[list[int]], bounds: list[int], stop_ids: lis
     tokens: list[list[int]] = [list(done) for done in written] if written is not None else [[] for _ in rows]
     stopped = [False] * len(rows)
     looped = [False] * len(rows)
+    lookahead = lookahead and constraint is None
+    drafter = Drafts(answers) if lookahead else None
 
     def loops(row: int) -> bool:
         """Whether the row has just started repeating itself; a constrained one then starts closing."""
@@ -108,6 +172,19 @@ def greedy_decode(model, rows: list[list[int]], bounds: list[int], stop_ids: lis
             return True
         constraint.close_from[row] = min(constraint.close_from[row], len(tokens[row]))
         return False
+
+    def take(row: int, tok: int, dead: bool) -> bool:
+        """Give `row` the model's choice; whether the row goes on after it."""
+        if dead:
+            constraint.errors[row] = "the grammar allows no token here"
+            return False
+        if tok in stops:
+            stopped[row] = True
+            return False
+        if constraint is not None and not constraint.advance(row, tok):
+            return False
+        tokens[row].append(tok)
+        return len(tokens[row]) < bounds[row] and not (tok not in ignored and loops(row))
 
     for row in range(len(rows)):  # written tokens that loop already: as if the loop had just been written
         loops(row)
@@ -121,37 +198,47 @@ def greedy_decode(model, rows: list[list[int]], bounds: list[int], stop_ids: lis
         out = model(input_ids=input_ids[:, -1:], attention_mask=mask, position_ids=positions[:, -1:],
                     cache=out.cache, use_cache=True)
         cache = out.cache
-        next_pos = positions[:, -1:] + 1
+        fed_at = positions[:, -1:]  # the position of the first token each row fed the last step
+        drafts: list[list[int]] = [[] for _ in rows]  # what each row fed behind it
         while True:
-            logits = out.logits[:, -1]
             if constraint is not None:
+                logits = out.logits[:, -1]
                 constraint.mask_(active, logits, [len(tokens[r]) for r in active])
                 dead = (logits.max(-1).values == float("-inf")).tolist()
-            chosen = logits.argmax(-1)
-            keep = []
-            for j, tok in enumerate(chosen.tolist()):
-                row = active[j]
-                if constraint is not None and dead[j]:
-                    constraint.errors[row] = "the grammar allows no token here"
-                    continue
-                if tok in stops:
-                    stopped[row] = True
-                    continue
-                if constraint is not None and not constraint.advance(row, tok):
-                    continue
-                tokens[row].append(tok)
-                if len(tokens[row]) < bounds[row] and not (tok not in ignored and loops(row)):
-                    keep.append(j)
+                choices = logits.argmax(-1)[:, None].tolist()
+            else:
+                dead, choices = [False] * len(active), out.logits.argmax(-1).tolist()
+            keep, chosen, kept = [], [], []
+            for j, row in enumerate(active):
+                # The argmax after each fed token, for as long as the next fed token is that argmax.
+                for i, tok in enumerate(choices[j]):
+                    if not take(row, tok, dead[j]):
+                        if lookahead:
+                            drafter.add_answer(tokens[row])
+                        break
+                    if i == len(drafts[j]) or tok != drafts[j][i]:
+                        keep.append(j)
+                        chosen.append(tok)
+                        kept.append(i + 1)
+                        break
             if not keep:
                 break
+            index = torch.tensor(keep, device=device)
             if len(keep) < len(active):
-                index = torch.tensor(keep, device=device)
                 cache.batch_select_indices(index)
-                mask, chosen, next_pos = mask[index], chosen[index], next_pos[index]
+                mask, fed_at = mask[index], fed_at[index]
                 active = [active[j] for j in keep]
-            mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=-1)
-            out = model(input_ids=chosen[:, None], attention_mask=mask, position_ids=next_pos,
-                        cache=cache, use_cache=True)
-            next_pos = next_pos + 1
+            kept_t = torch.tensor(kept, device=device)[:, None]
+            fed = out.logits.shape[1]
+            if fed > 1:  # drafted positions the model disagreed with stay in the cache, masked like padding
+                mask[:, -fed:] = (torch.arange(fed, device=device) < kept_t).long()
+            fed_at = fed_at + kept_t
+            width = lookahead_width(len(active)) if lookahead else 0
+            drafts = [drafter.draft(row, rows[row] + tokens[row], width) if width else [] for row in active]
+            width = max(map(len, drafts))
+            fed_ids = [[tok, *d, *[pad_id] * (width - len(d))] for tok, d in zip(chosen, drafts, strict=True)]
+            mask = torch.cat([mask, mask.new_ones((len(active), width + 1))], dim=-1)
+            out = model(input_ids=torch.tensor(fed_ids, device=device), attention_mask=mask,
+                        position_ids=fed_at + torch.arange(width + 1, device=device), cache=cache, use_cache=True)
     errors = constraint.errors if constraint is not None else {}
     return [Decoded(t, s, errors.get(i), looped[i]) for i, (t, s) in enumerate(zip(tokens, stopped, strict=True))]

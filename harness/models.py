@@ -15,6 +15,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any, Literal, Protocol, get_args
 
@@ -50,6 +51,8 @@ ANSWER_BOUND = (3, 16)
 # Free decodings a backend keeps, by prompt and bound, for constrained decodings of the same prompts to
 # replay (HFBackend._free_decodes_of): more than a suite's scenarios and property test; bounded for a server.
 FREE_DECODES_KEPT = 4096
+# Lookahead's drafts (harness.decoding) also draw on the last answers written freely: a schema's keys.
+DRAFT_ANSWERS = 2
 Quantization = Literal["none", "nf4"]
 DType = Literal["float32", "bfloat16", "float16"]
 QUANTIZATIONS: tuple[str, ...] = get_args(Quantization)
@@ -501,6 +504,9 @@ class HFBackend:
         self._free_decodes: OrderedDict[tuple[tuple[int, ...], int], tuple[list[int], bool]] = OrderedDict()
         self.constraint_stats = ConstraintStats()
         self.identity = {**identity, "answer_bound": list(ANSWER_BOUND), "decoder": DECODER, "loop": list(LOOP)}
+        # Free decoding drafts tokens where that cannot change them (harness.decoding, `greedy_decode`);
+        # not part of the identity, as the batch's composition is not.
+        self.lookahead = identity.get("numerics") == "batch-invariant"
 
     def max_new_tokens(self, prompt_tokens: int, settings: GenerationSettings) -> int:
         """Every value in a summary is copied from the note, so an answer needs at most the schema's
@@ -590,7 +596,10 @@ class HFBackend:
         if todo:
             decoded.update(zip(todo, greedy_decode(self.model, [rows[i] for i in todo], [limits[i] for i in todo],
                                                    self.stop_ids, self.tokenizer.pad_token_id,
-                                                   self.whitespace_tokens(), constraint, written),
+                                                   self.whitespace_tokens(), constraint, written,
+                                                   lookahead=self.lookahead,
+                                                   answers=[tokens for tokens, _ in islice(
+                                                       reversed(self._free_decodes.values()), DRAFT_ANSWERS)]),
                                strict=True))
         if not settings.constrained:
             self._keep_free_decodes(rows, bounds, decoded)

@@ -4,7 +4,17 @@ row stops where it starts repeating, and the KV cache gives DynamicCache's logit
 
 import pytest
 
-from harness.decoding import LOOP, greedy_decode, left_padded, repeats, whitespace_tokens
+from harness.decoding import (
+    DRAFT_NGRAM,
+    LOOKAHEAD,
+    LOOP,
+    Drafts,
+    greedy_decode,
+    left_padded,
+    lookahead_width,
+    repeats,
+    whitespace_tokens,
+)
 from harness.models import GenerationSettings, HFBackend, ModelSpec
 from scenarios import SEED
 
@@ -64,14 +74,53 @@ def test_no_true_answer_repeats_itself_however_it_is_tokenised():
     assert cut == {4: False, 5: True}
 
 
+def draft(context, width, answers=()):
+    return Drafts(answers).draft(0, context, width)
+
+
+def test_a_draft_copies_what_followed_the_latest_earlier_occurrence_of_the_tail():
+    note = [5, 6, 7, 8, 9, 10]
+    assert draft(note + [1, 6, 7], 3) == [8, 9, 10]  # the tail 6 7 is in the note: copy on from there
+    assert draft([1, 2, 3, 9, 1, 2, 4, 1, 2], 2) == [4, 1]  # the latest occurrence, not the first
+    assert draft([1, 2, 3, 4, 3], 8) == [4, 3]  # a shorter tail where the longest occurs nowhere earlier
+    assert draft([1, 2, 3], 4) == [] and draft([7], 4) == []  # the last token is new
+
+
+def test_a_draft_falls_back_on_other_answers_for_a_tail_the_context_lacks():
+    answer = [40, 41, 42, 43, 44]
+    assert draft([1, 2, 41, 42], 2, [answer]) == [43, 44]
+    assert draft([41, 42, 9, 41, 42], 2, [answer]) == [9, 41]  # the row's own context first
+    assert draft([1, 2, 3, 40, 41, 42], 2, [[40, 41, 42, 43]]) == [43]
+    assert draft([1] * DRAFT_NGRAM, 0) == []
+
+
+def test_a_rows_drafts_follow_its_context_as_it_grows():
+    drafts = Drafts()
+    context = [1, 2, 3, 4, 1, 2]
+    assert drafts.draft(0, context, 2) == [3, 4]
+    context += [3, 9, 1, 2]
+    assert drafts.draft(0, context, 2) == [3, 9]  # the latest occurrence, indexed since
+    assert drafts.draft(1, [7, 1, 2], 2) == []  # each row its own context
+    drafts.add_answer(context)
+    assert drafts.draft(1, [7, 1, 2], 2) == [3, 9]  # a finished answer serves the others
+
+
+def test_lookahead_drafts_less_the_more_rows_a_step_decodes():
+    products, most = LOOKAHEAD
+    widths = [lookahead_width(rows) for rows in range(1, 2 * products)]
+    assert widths[0] == most and widths == sorted(widths, reverse=True)
+    assert all((w + 1) * rows <= products for rows, w in enumerate(widths, 1) if w)
+    assert lookahead_width(products) == 0
+
+
 @pytest.fixture(scope="module")
 def backend():
     return HFBackend(ModelSpec(quantization="none"))
 
 
-def decode(backend, rows, bounds):
+def decode(backend, rows, bounds, lookahead=False):
     return greedy_decode(backend.model, rows, bounds, backend.stop_ids, backend.tokenizer.pad_token_id,
-                         backend.whitespace_tokens())
+                         backend.whitespace_tokens(), lookahead=lookahead)
 
 
 @pytest.mark.slow
@@ -173,3 +222,29 @@ def test_the_growing_cache_gives_dynamic_caches_logits(backend):
     layer = grown.layers[0]
     assert isinstance(layer, GrowingLayer) and layer.keys.dtype == backend.model.dtype
     assert layer.get_seq_length() == 2 * width + 2 and layer._keys.shape[-2] > 2 * width
+
+
+@pytest.mark.slow
+def test_lookahead_gives_greedy_decodings_tokens_in_fewer_steps(backend):
+    """Drafted tokens the model agrees with are kept, several a step, and the tokens are exactly those of
+    decoding one token a step: for the base model's long and looping answers, alone and batched (where
+    rows keep different numbers of drafted tokens and the rest stay in the cache, masked)."""
+    assert backend.identity["numerics"] == "batch-invariant" and backend.lookahead
+    rows = backend.encode([c.note for c in SEED[:4]] + ["fever fever fever fever"])
+    bounds = [96, 60, 80, 96, 120]
+    plain = decode(backend, rows, bounds)
+    steps = []
+    hook = backend.model.register_forward_pre_hook(lambda _m, _a, kw: steps.append(kw["input_ids"].shape),
+                                                   with_kwargs=True)
+    try:
+        ahead = decode(backend, rows, bounds, lookahead=True)
+        alone = [decode(backend, [row], [bound], lookahead=True)[0] for row, bound in zip(rows[:2], bounds[:2],
+                                                                                            strict=True)]
+    finally:
+        hook.remove()
+    assert ahead == plain and alone == plain[:2]
+    assert any(d.looped for d in plain)
+    new_tokens = sum(len(d.tokens) for d in plain) + sum(len(d.tokens) for d in plain[:2])
+    decode_steps = [shape for shape in steps if shape[1] <= LOOKAHEAD[1] + 1][1:]
+    assert any(shape[1] > 1 for shape in decode_steps)
+    assert len(steps) < new_tokens / 2
