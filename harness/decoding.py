@@ -150,7 +150,7 @@ def greedy_decode(model, rows: list[list[int]], bounds: list[int], stop_ids: lis
     computes: under the batch-invariant numerics (harness.numerics), which the caller checks."""
     import torch
 
-    from harness.kv_cache import growing_cache
+    from harness.kv_cache import GrowingLayer, growing_cache
 
     device = model.device
     if written is not None:
@@ -160,7 +160,10 @@ def greedy_decode(model, rows: list[list[int]], bounds: list[int], stop_ids: lis
     tokens: list[list[int]] = [list(done) for done in written] if written is not None else [[] for _ in rows]
     stopped = [False] * len(rows)
     looped = [False] * len(rows)
-    lookahead = lookahead and constraint is None
+    cache = growing_cache(model)
+    # Not under a grammar (its mask is per position), nor with a sliding window: that counts positions,
+    # and rejected drafts would take its room.
+    lookahead = lookahead and constraint is None and all(isinstance(layer, GrowingLayer) for layer in cache.layers)
     drafter = Drafts(answers) if lookahead else None
 
     def loops(row: int) -> bool:
@@ -194,7 +197,7 @@ def greedy_decode(model, rows: list[list[int]], bounds: list[int], stop_ids: lis
         # come from a strided slice of its hidden states, whose layout (and so the matrix product's
         # last bits) depends on the batch's width; a decode step's does not (harness.numerics).
         out = model(input_ids=input_ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1],
-                    cache=growing_cache(model), use_cache=True, logits_to_keep=1)
+                    cache=cache, use_cache=True, logits_to_keep=1)
         out = model(input_ids=input_ids[:, -1:], attention_mask=mask, position_ids=positions[:, -1:],
                     cache=out.cache, use_cache=True)
         cache = out.cache

@@ -248,3 +248,22 @@ def test_lookahead_gives_greedy_decodings_tokens_in_fewer_steps(backend):
     decode_steps = [shape for shape in steps if shape[1] <= LOOKAHEAD[1] + 1][1:]
     assert any(shape[1] > 1 for shape in decode_steps)
     assert len(steps) < new_tokens / 2
+
+
+@pytest.mark.slow
+def test_a_sliding_window_model_decodes_one_token_a_step():
+    """A sliding window keeps a number of positions, which rejected drafts would take: no lookahead there."""
+    import torch
+    from transformers import MistralConfig, MistralForCausalLM
+
+    torch.manual_seed(0)
+    model = MistralForCausalLM(MistralConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                             num_attention_heads=4, num_key_value_heads=2, sliding_window=4,
+                                             max_position_embeddings=128)).eval()
+    widths = []
+    hook = model.register_forward_pre_hook(lambda _m, _a, kw: widths.append(kw["input_ids"].shape[1]), with_kwargs=True)
+    try:
+        out = greedy_decode(model, [[1, 2, 3, 1, 2, 3, 1, 2]], [24], [], 0, frozenset(), lookahead=True)
+    finally:
+        hook.remove()
+    assert len(out[0].tokens) == 24 and widths[2:] == [1] * (len(widths) - 2)
