@@ -64,7 +64,7 @@ def gate_lines(summary: dict) -> list[str]:
         return ["gate: not evaluated (the tuned model did not run)"]
     lines = [f"gate: {'PASSED' if gate['passed'] else 'FAILED'} ({', '.join(gate['variants'])})"]
     for variant, v in gate["variants"].items():
-        lines.append(f"  {variant}: {'passed' if v['passed'] else 'FAILED'}")
+        lines.append(f"  {variant}: {_verdict(v)}")
         for name, pair in v["threshold_misses"].items():
             value, limit = figures(name, *pair)
             lines.append(f"    threshold missed: {name} = {value} {_limit_word(name)} {limit}")
@@ -88,6 +88,20 @@ def gate_lines(summary: dict) -> list[str]:
     if not summary.get("complete", True):
         lines.append("  run INCOMPLETE: interrupted before every test finished")
     return lines
+
+
+def _verdict(variant: dict) -> str:
+    """A gated variant's verdict with what failed it, so an adapter that met every floor and lost only the
+    paired comparison reads as such, not as one that missed them."""
+    if variant["passed"]:
+        return "passed"
+    misses = len(variant["threshold_misses"])
+    failed = [f"{misses} floor{'s' * (misses != 1)} missed" if misses else "every floor met"]
+    if variant["worse_than_base"]:
+        failed.append(f"worse than {variant.get('base', 'base')}")
+    if (variant.get("comparison") or {}).get("worse"):
+        failed.append("worse than the baseline")
+    return "FAILED: " + (", but " if not misses else "; ").join(failed)
 
 
 def _row(role: str, scenario: str, o: dict) -> dict:

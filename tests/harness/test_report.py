@@ -51,6 +51,20 @@ def test_gate_lines_write_rates_to_three_decimals_and_counts_as_counts():
     assert "    target not yet met (reported, not gating): ungrounded_values = 90 > target 0" in lines
 
 
+def test_a_variants_verdict_says_what_failed_it():
+    comparison = {"shared": 119, "flipped_to_fail": ["test-001"], "flipped_to_pass": [], "p_value": 0.01,
+                  "f1_diff": -0.04, "f1_interval": [-0.06, -0.02], "reasons": ["10 pass->fail"], "worse": True}
+    variants = {
+        "tuned:free": {"passed": False, "threshold_misses": {}, "worse_than_base": {}, "comparison": comparison},
+        "tuned:grounded": {"passed": False, "threshold_misses": {"field_f1": [0.8, 0.91], "med_count": [0.7, 0.88]},
+                           "worse_than_base": {"field_f1": [0.8, 0.9]}, "base": "base:free"},
+        "tuned:free@none": {"passed": True, "threshold_misses": {}, "worse_than_base": {}}}
+    lines = gate_lines({"gate": {"passed": False, "baseline": "baseline.json", "variants": variants}})
+    assert "  tuned:free: FAILED: every floor met, but worse than the baseline" in lines
+    assert "  tuned:grounded: FAILED: 2 floors missed; worse than base:free" in lines
+    assert "  tuned:free@none: passed" in lines
+
+
 def test_gate_lines_show_the_decimals_that_tell_a_miss_from_its_floor():
     summary = {"gate": {"passed": False, "baseline": None, "variants": {"tuned:free": {
         "passed": False, "threshold_misses": {"json_valid": [113 / 119, 0.95]}, "worse_than_base": {}}}}}
