@@ -17,6 +17,8 @@ DynamicCache, for the base and the tuned model, cold and interleaved the same wa
 `--lookahead ROUNDS` measures free decoding with drafted tokens (harness.decoding, `greedy_decode`)
 against one token a step, for the base and the tuned model, on NF4, cold and interleaved the same way;
 `--batch-size 1` one note at a time (as the property test shrinks), 0 in batches as the suite runs.
+With `--decoding grounded` it measures grounded decoding instead, each run after a free run of the same
+notes on the same backend (untimed, with drafts), as the suite runs the two.
 
 `--merge ROUNDS` measures the tuned model on NF4 with its adapter attached (the default) against the
 adapter merged into the weights dequantised once (`--merge-adapter`, harness.numerics.fold_adapter),
@@ -97,8 +99,8 @@ def kv_caches(adapter: str, notes: list[str], batch_size: int, rounds: int) -> d
     return interleaved(runs, rounds, "model: KV cache", len(notes))
 
 
-def lookaheads(adapter: str, notes: list[str], batch_size: int, rounds: int) -> dict:
-    settings = GenerationSettings(batch_size=batch_size or None)
+def lookaheads(adapter: str, notes: list[str], batch_size: int, rounds: int, decoding: str = "free") -> dict:
+    settings = GenerationSettings(batch_size=batch_size or None, decoding=decoding)
     runs = {f"{model}: {name}": partial(_with_lookahead, adapter_, on, settings, notes)
             for model, adapter_ in (("base", None), ("tuned", adapter))
             for name, on in (("one token a step", False), ("drafted tokens", True))}
@@ -106,9 +108,12 @@ def lookaheads(adapter: str, notes: list[str], batch_size: int, rounds: int) -> 
 
 
 def _with_lookahead(adapter: str | None, on: bool, settings: GenerationSettings, notes: list[str]) -> dict:
-    """A cold run on a freshly loaded backend: drafts may draw on the answers a backend wrote before."""
+    """A cold run on a freshly loaded backend: drafts may draw on the answers a backend wrote before. A
+    constrained run comes after a free one, as in a suite: it replays the free answers and drafts from them."""
     backend = HFBackend(ModelSpec(quantization="nf4", dtype="float32", adapter=adapter))
     assert backend.lookahead, "drafting needs the batch-invariant numerics"
+    if settings.constrained:
+        run_cold(backend, GenerationSettings(batch_size=settings.batch_size), notes)
     backend.lookahead = on
     return run_cold(backend, settings, notes)
 
@@ -165,6 +170,8 @@ def main() -> None:
     parser.add_argument("--lookahead", type=int, metavar="ROUNDS", default=0,
                         help="compare free decoding with and without drafted tokens instead (see above), over "
                              "ROUNDS rounds; --batch-size 0: automatic")
+    parser.add_argument("--decoding", choices=["free", "grounded"], default="free",
+                        help="with --lookahead: the decoding measured")
     parser.add_argument("--merge", type=int, metavar="ROUNDS", default=0,
                         help="compare the adapter attached and merged on NF4 instead (see above), over ROUNDS "
                              "rounds; --batch-size 0: automatic")
@@ -173,7 +180,7 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     comparisons = {"nf4_arithmetic": nf4_arithmetic, "kv_cache": kv_caches, "merge": merged,
-                   "lookahead": lookaheads}  # option: its run
+                   "lookahead": partial(lookaheads, decoding=args.decoding)}  # option: its run
     chosen = next((name for name in comparisons if getattr(args, name)), None)
     if chosen:
         result = comparisons[chosen](args.adapter, notes, args.batch_size, getattr(args, chosen))

@@ -16,10 +16,12 @@ steered to close instead, as at its bound.
 
 Lookahead: a decode step of a few rows costs about what reading every weight once costs, whatever the
 rows, and an answer here is mostly copied (values from the note, keys from the schema, a loop from
-itself). So free decoding also feeds, behind each row's chosen token, the tokens that followed the same
+itself). So decoding also feeds, behind each row's chosen token, the tokens that followed the same
 few tokens before (`Drafts`), and keeps each one the model's argmax agrees with: several tokens a step,
 the same tokens as one a step wherever a position's logits do not depend on how many positions a step
-computes, which the batch-invariant numerics give (harness.numerics).
+computes, which the batch-invariant numerics give (harness.numerics). A constrained row masks each fed
+position's logits with its grammar as it stands after the tokens kept before that position, so its
+matcher only ever consumes kept tokens and never has to take one back.
 """
 
 from __future__ import annotations
@@ -99,16 +101,20 @@ def lookahead_width(rows: int) -> int:
 
 
 class Drafts:
-    """Prompt lookup for the rows of one decoding: the `width` tokens that followed the latest earlier
-    occurrence of a row's last DRAFT_NGRAM tokens (fewer where those occur nowhere earlier), in the row's
-    own context (the note that an answer copies from, the cycle that a looping answer repeats) or else in
-    other answers (a schema's skeleton). Each sequence is indexed once, as it grows, so a draft costs a
-    few lookups however long the contexts."""
+    """Prompt lookup for the rows of one decoding: the `width` tokens that followed an earlier occurrence
+    of a row's last DRAFT_NGRAM tokens (fewer where those occur nowhere earlier): in the row's reference
+    (`references[row]`, a constrained row's free answer to the same prompt, which it writes again but
+    where its grammar forbids a token), at the occurrence nearest the row's place in its answer; else
+    the latest in the row's own context (the note that an answer copies from, the cycle that a looping
+    answer repeats); else in other answers (a schema's skeleton). Each sequence is indexed once, as it
+    grows, so a draft costs a few lookups however long the contexts."""
 
-    def __init__(self, answers: Sequence[list[int]] = ()):
+    def __init__(self, answers: Sequence[list[int]] = (), references: Sequence[list[int]] = ()):
         self._answers: dict[tuple[int, ...], tuple[list[int], int]] = {}  # n-gram: (answer, where it ends)
         self._own: dict[int, dict[tuple[int, ...], int]] = {}  # row: n-gram: where it last ends
         self._indexed: dict[int, int] = {}  # row: the context's length indexed so far
+        self._references = list(references)
+        self._reference_ends: dict[int, dict[tuple[int, ...], list[int]]] = {}  # row: n-gram: where each ends
         for answer in answers:
             self.add_answer(answer)
 
@@ -117,15 +123,30 @@ class Drafts:
             for n in range(1, min(DRAFT_NGRAM, end) + 1):
                 self._answers[tuple(answer[end - n:end])] = (answer, end)
 
-    def draft(self, row: int, context: list[int], width: int) -> list[int]:
+    def _reference(self, row: int) -> dict[tuple[int, ...], list[int]]:
+        if row not in self._reference_ends:
+            ends: dict[tuple[int, ...], list[int]] = {}
+            reference = self._references[row] if row < len(self._references) else []
+            for end in range(1, len(reference)):
+                for n in range(1, min(DRAFT_NGRAM, end) + 1):
+                    ends.setdefault(tuple(reference[end - n:end]), []).append(end)
+            self._reference_ends[row] = ends
+        return self._reference_ends[row]
+
+    def draft(self, row: int, context: list[int], width: int, written: int = 0) -> list[int]:
+        """`written`: how many of the context's last tokens are the row's answer so far."""
         own = self._own.setdefault(row, {})
         # Occurrences ending before the context's last token only: the tail itself is no earlier occurrence.
         for end in range(self._indexed.get(row, 0) + 1, len(context)):
             for n in range(1, min(DRAFT_NGRAM, end) + 1):
                 own[tuple(context[end - n:end])] = end
         self._indexed[row] = max(self._indexed.get(row, 0), len(context) - 1)
+        reference = self._reference(row)
         for n in range(min(DRAFT_NGRAM, len(context)), 0, -1):
             tail = tuple(context[-n:])
+            if tail in reference:
+                end = min(reference[tail], key=lambda e: abs(e - written))
+                return self._references[row][end:end + width]
             if tail in own:
                 return context[own[tail]:own[tail] + width]
             if tail in self._answers:
@@ -137,17 +158,18 @@ class Drafts:
 def greedy_decode(model, rows: list[list[int]], bounds: list[int], stop_ids: list[int], pad_id: int,
                   ignored: frozenset[int], constraint: BatchConstraint | None = None,
                   written: list[list[int]] | None = None, lookahead: bool = False,
-                  answers: Sequence[list[int]] = ()) -> list[Decoded]:
+                  answers: Sequence[list[int]] = (), references: Sequence[list[int]] = ()) -> list[Decoded]:
     """Decode `rows` (token ids of prompts) together; row i gets at most `bounds[i]` new tokens and
     stops where it repeats itself (`repeats`, whitespace tokens `ignored`). `written[i]`: new tokens
     row i already has (which its matcher has consumed); decoding goes on after them, and they count
     towards its bound.
 
-    `lookahead` (free decoding only): a step feeds each row's chosen token and, behind it, tokens drafted
-    from the row's own context, the batch's finished answers or `answers` (`Drafts`), and keeps each
-    drafted token the model's argmax agrees with, so one step can yield several tokens. The tokens are
-    greedy decoding's only where a position's logits do not depend on how many positions a step
-    computes: under the batch-invariant numerics (harness.numerics), which the caller checks."""
+    `lookahead`: a step feeds each row's chosen token and, behind it, tokens drafted from `references[i]`
+    (row i's free answer, for a constrained row), the row's own context, the batch's finished answers or
+    `answers` (`Drafts`), and keeps each drafted token the model's argmax (under the row's grammar) agrees
+    with, so one step can yield several tokens. The tokens are greedy decoding's only where a position's
+    logits do not depend on how many positions a step computes: under the batch-invariant numerics
+    (harness.numerics), which the caller checks."""
     import torch
 
     from harness.kv_cache import GrowingLayer, growing_cache
@@ -161,10 +183,9 @@ def greedy_decode(model, rows: list[list[int]], bounds: list[int], stop_ids: lis
     stopped = [False] * len(rows)
     looped = [False] * len(rows)
     cache = growing_cache(model)
-    # Not under a grammar (its mask is per position), nor with a sliding window: that counts positions,
-    # and rejected drafts would take its room.
-    lookahead = lookahead and constraint is None and all(isinstance(layer, GrowingLayer) for layer in cache.layers)
-    drafter = Drafts(answers) if lookahead else None
+    # Not with a sliding window: that counts positions, and rejected drafts would take its room.
+    lookahead = lookahead and all(isinstance(layer, GrowingLayer) for layer in cache.layers)
+    drafter = Drafts(answers, references) if lookahead else None
 
     def loops(row: int) -> bool:
         """Whether the row has just started repeating itself; a constrained one then starts closing."""
@@ -204,28 +225,34 @@ def greedy_decode(model, rows: list[list[int]], bounds: list[int], stop_ids: lis
         fed_at = positions[:, -1:]  # the position of the first token each row fed the last step
         drafts: list[list[int]] = [[] for _ in rows]  # what each row fed behind it
         while True:
-            if constraint is not None:
-                logits = out.logits[:, -1]
-                constraint.mask_(active, logits, [len(tokens[r]) for r in active])
-                dead = (logits.max(-1).values == float("-inf")).tolist()
-                choices = logits.argmax(-1)[:, None].tolist()
-            else:
-                dead, choices = [False] * len(active), out.logits.argmax(-1).tolist()
-            keep, chosen, kept = [], [], []
-            for j, row in enumerate(active):
-                # The argmax after each fed token, for as long as the next fed token is that argmax.
-                for i, tok in enumerate(choices[j]):
-                    if not take(row, tok, dead[j]):
+            # Position by position, the argmax after each fed token, for as long as the next fed token is
+            # that argmax; a grammar masks a position as it stands after the tokens taken before it.
+            free_choices = out.logits.argmax(-1).tolist() if constraint is None else None
+            going, ends = list(range(len(active))), {}  # batch rows still agreeing; j: (token, tokens kept)
+            for i in range(out.logits.shape[1]):
+                if not going:
+                    break
+                if constraint is not None:
+                    logits = out.logits[going, i]
+                    constraint.mask_([active[j] for j in going], logits, [len(tokens[active[j]]) for j in going])
+                    dead, choices = (logits.max(-1).values == float("-inf")).tolist(), logits.argmax(-1).tolist()
+                else:
+                    dead, choices = [False] * len(going), [free_choices[j][i] for j in going]
+                agreeing = []
+                for j, tok, no_token in zip(going, choices, dead, strict=True):
+                    row = active[j]
+                    if not take(row, tok, no_token):
                         if lookahead:
                             drafter.add_answer(tokens[row])
-                        break
-                    if i == len(drafts[j]) or tok != drafts[j][i]:
-                        keep.append(j)
-                        chosen.append(tok)
-                        kept.append(i + 1)
-                        break
+                    elif i == len(drafts[j]) or tok != drafts[j][i]:
+                        ends[j] = (tok, i + 1)
+                    else:
+                        agreeing.append(j)
+                going = agreeing
+            keep = sorted(ends)
             if not keep:
                 break
+            chosen, kept = [ends[j][0] for j in keep], [ends[j][1] for j in keep]
             index = torch.tensor(keep, device=device)
             if len(keep) < len(active):
                 cache.batch_select_indices(index)
@@ -237,7 +264,8 @@ def greedy_decode(model, rows: list[list[int]], bounds: list[int], stop_ids: lis
                 mask[:, -fed:] = (torch.arange(fed, device=device) < kept_t).long()
             fed_at = fed_at + kept_t
             width = lookahead_width(len(active)) if lookahead else 0
-            drafts = [drafter.draft(row, rows[row] + tokens[row], width) if width else [] for row in active]
+            drafts = [drafter.draft(row, rows[row] + tokens[row], width, len(tokens[row])) if width else []
+                      for row in active]
             width = max(map(len, drafts))
             fed_ids = [[tok, *d, *[pad_id] * (width - len(d))] for tok, d in zip(chosen, drafts, strict=True)]
             mask = torch.cat([mask, mask.new_ones((len(active), width + 1))], dim=-1)

@@ -504,8 +504,8 @@ class HFBackend:
         self._free_decodes: OrderedDict[tuple[tuple[int, ...], int], tuple[list[int], bool]] = OrderedDict()
         self.constraint_stats = ConstraintStats()
         self.identity = {**identity, "answer_bound": list(ANSWER_BOUND), "decoder": DECODER, "loop": list(LOOP)}
-        # Free decoding drafts tokens where that cannot change them (harness.decoding, `greedy_decode`);
-        # not part of the identity, as the batch's composition is not.
+        # Decoding drafts tokens where that cannot change them (harness.decoding, `greedy_decode`); not part
+        # of the identity, as the batch's composition is not.
         self.lookahead = identity.get("numerics") == "batch-invariant"
 
     def max_new_tokens(self, prompt_tokens: int, settings: GenerationSettings) -> int:
@@ -583,7 +583,7 @@ class HFBackend:
         t0 = time.perf_counter()
         bounds = [self.max_new_tokens(len(r), settings) for r in rows]
         limits = [self.token_limit(n, len(r), settings) for n, r in zip(notes, rows, strict=True)]
-        todo, decoded, constraint, written = list(range(len(rows))), {}, None, None
+        todo, decoded, constraint, written, references = list(range(len(rows))), {}, None, None, []
         if settings.constrained:
             constraint = BatchConstraint.build(self.constraint_tokenizer(), settings.decoding, notes, bounds,
                                                self.constraint_stats)
@@ -593,13 +593,15 @@ class HFBackend:
                 decoded = {i: Decoded(free[i][0], True) for i, n in enumerate(agreed) if n is None}
                 todo = [i for i in todo if i not in decoded]
                 written, constraint = [free[i][0][:agreed[i]] for i in todo], constraint.rows(todo)
+                references = [free[i][0] for i in todo]
         if todo:
             decoded.update(zip(todo, greedy_decode(self.model, [rows[i] for i in todo], [limits[i] for i in todo],
                                                    self.stop_ids, self.tokenizer.pad_token_id,
                                                    self.whitespace_tokens(), constraint, written,
                                                    lookahead=self.lookahead,
                                                    answers=[tokens for tokens, _ in islice(
-                                                       reversed(self._free_decodes.values()), DRAFT_ANSWERS)]),
+                                                       reversed(self._free_decodes.values()), DRAFT_ANSWERS)],
+                                                   references=references),
                                strict=True))
         if not settings.constrained:
             self._keep_free_decodes(rows, bounds, decoded)

@@ -251,6 +251,45 @@ def test_lookahead_gives_greedy_decodings_tokens_in_fewer_steps(backend):
 
 
 @pytest.mark.slow
+def test_constrained_lookahead_gives_the_grammars_tokens_in_fewer_steps(backend):
+    """Under a grammar each fed position is masked as the grammar stands after the tokens kept before it:
+    the same tokens, errors and closings as one token a step, whatever the drafts. Drafted from the answers
+    themselves (every draft right) and from the free answers (most wrong: the base model writes no JSON
+    freely), batched and alone; the base model runs every grounded answer to its bound and closes it."""
+    from harness.constraint import BatchConstraint
+
+    settings = GenerationSettings(decoding="grounded")
+    notes = [c.note for c in SEED[:3]]
+    rows = backend.encode(notes)
+    bounds = [backend.max_new_tokens(len(row), settings) for row in rows]
+    limits = [backend.token_limit(note, len(row), settings) for note, row in zip(notes, rows, strict=True)]
+
+    def grounded(keep=(0, 1, 2), lookahead=False, references=()):
+        constraint = BatchConstraint.build(backend.constraint_tokenizer(), "grounded", [notes[i] for i in keep],
+                                           [bounds[i] for i in keep])
+        out = greedy_decode(backend.model, [rows[i] for i in keep], [limits[i] for i in keep], backend.stop_ids,
+                            backend.tokenizer.pad_token_id, backend.whitespace_tokens(), constraint,
+                            lookahead=lookahead, references=[references[i] for i in keep] if references else ())
+        return out, constraint.stats
+
+    plain, stats = grounded()
+    assert all(d.stopped and d.error is None for d in plain) and stats.closed_rows == len(notes)
+    free = [d.tokens for d in decode(backend, rows, bounds)]
+    assert all(f[:len(d.tokens)] != d.tokens for f, d in zip(free, plain, strict=True))
+    steps = []
+    hook = backend.model.register_forward_pre_hook(lambda _m, _a, kw: steps.append(kw["input_ids"].shape),
+                                                   with_kwargs=True)
+    try:
+        right = grounded(lookahead=True, references=[d.tokens for d in plain])
+    finally:
+        hook.remove()
+    assert right[0] == plain and right[1].closed_rows == len(notes)
+    assert len(steps) < sum(len(d.tokens) for d in plain) / 4
+    assert grounded(lookahead=True, references=free)[0] == plain
+    assert grounded((1,), lookahead=True, references=free)[0] == plain[1:2]
+
+
+@pytest.mark.slow
 def test_a_sliding_window_model_decodes_one_token_a_step():
     """A sliding window keeps a number of positions, which rejected drafts would take: no lookahead there."""
     import torch
