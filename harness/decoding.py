@@ -100,6 +100,14 @@ def lookahead_width(rows: int) -> int:
     return max(0, min(most, products // rows - 1))
 
 
+def _ngram_ends(tokens: list[int], first: int = 1):
+    """(n-gram, where it ends) for each run of 1 to DRAFT_NGRAM tokens of `tokens` that ends at `first` or
+    later and before the last token (what follows it is the draft)."""
+    for end in range(first, len(tokens)):
+        for n in range(1, min(DRAFT_NGRAM, end) + 1):
+            yield tuple(tokens[end - n:end]), end
+
+
 class Drafts:
     """Prompt lookup for the rows of one decoding: the `width` tokens that followed an earlier occurrence
     of a row's last DRAFT_NGRAM tokens (fewer where those occur nowhere earlier): in the row's reference
@@ -114,34 +122,27 @@ class Drafts:
         self._own: dict[int, dict[tuple[int, ...], int]] = {}  # row: n-gram: where it last ends
         self._indexed: dict[int, int] = {}  # row: the context's length indexed so far
         self._references = list(references)
-        self._reference_ends: dict[int, dict[tuple[int, ...], list[int]]] = {}  # row: n-gram: where each ends
+        self._reference_ends: list[dict[tuple[int, ...], list[int]]] = []  # row: n-gram: where each ends
+        for reference in self._references:
+            ends: dict[tuple[int, ...], list[int]] = {}
+            for gram, end in _ngram_ends(reference):
+                ends.setdefault(gram, []).append(end)
+            self._reference_ends.append(ends)
         for answer in answers:
             self.add_answer(answer)
 
     def add_answer(self, answer: list[int]) -> None:
-        for end in range(1, len(answer)):
-            for n in range(1, min(DRAFT_NGRAM, end) + 1):
-                self._answers[tuple(answer[end - n:end])] = (answer, end)
-
-    def _reference(self, row: int) -> dict[tuple[int, ...], list[int]]:
-        if row not in self._reference_ends:
-            ends: dict[tuple[int, ...], list[int]] = {}
-            reference = self._references[row] if row < len(self._references) else []
-            for end in range(1, len(reference)):
-                for n in range(1, min(DRAFT_NGRAM, end) + 1):
-                    ends.setdefault(tuple(reference[end - n:end]), []).append(end)
-            self._reference_ends[row] = ends
-        return self._reference_ends[row]
+        for gram, end in _ngram_ends(answer):
+            self._answers[gram] = (answer, end)
 
     def draft(self, row: int, context: list[int], width: int, written: int = 0) -> list[int]:
         """`written`: how many of the context's last tokens are the row's answer so far."""
         own = self._own.setdefault(row, {})
         # Occurrences ending before the context's last token only: the tail itself is no earlier occurrence.
-        for end in range(self._indexed.get(row, 0) + 1, len(context)):
-            for n in range(1, min(DRAFT_NGRAM, end) + 1):
-                own[tuple(context[end - n:end])] = end
+        for gram, end in _ngram_ends(context, self._indexed.get(row, 0) + 1):
+            own[gram] = end
         self._indexed[row] = max(self._indexed.get(row, 0), len(context) - 1)
-        reference = self._reference(row)
+        reference = self._reference_ends[row] if row < len(self._reference_ends) else {}
         for n in range(min(DRAFT_NGRAM, len(context)), 0, -1):
             tail = tuple(context[-n:])
             if tail in reference:

@@ -94,6 +94,17 @@ def test_a_draft_falls_back_on_other_answers_for_a_tail_the_context_lacks():
     assert draft([1] * DRAFT_NGRAM, 0) == []
 
 
+def test_a_constrained_rows_drafts_come_first_from_its_reference_where_its_answer_stands():
+    """A reference (the row's free answer) repeats its keys, so the occurrence nearest the row's place in
+    its answer is the one drafted from; before the row's own context; each row its own reference."""
+    prompt, reference = [7, 8], [1, 2, 30, 1, 2, 31, 1, 2, 32]
+    drafts = Drafts(answers=[[1, 2, 40]], references=[reference, []])
+    assert drafts.draft(0, prompt + [1, 2], 1, written=2) == [30]
+    assert drafts.draft(0, prompt + [1, 2, 30, 1, 2], 1, written=5) == [31]
+    assert drafts.draft(0, prompt + [1, 2, 30, 1, 2, 33, 1, 2], 1, written=8) == [32]
+    assert drafts.draft(1, prompt + [1, 2], 1, written=2) == [40]  # no reference: as before
+
+
 def test_a_rows_drafts_follow_its_context_as_it_grows():
     drafts = Drafts()
     context = [1, 2, 3, 4, 1, 2]
