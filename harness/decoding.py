@@ -41,6 +41,10 @@ DECODER = "greedy-drop-finished/3"
 # never does: that takes five identical medication entries in a row, or seven identical reasons.
 # Part of the identity.
 LOOP = (32, 32, 4)  # longest cycle, least run, copies
+# The same rule in characters, for a served model, whose answer comes as text: whitespace aside, the
+# embedded model's answers hold about 3 characters a token (2.7 the base model's, 3.0 a tuned one's).
+# Part of a served model's identity.
+TEXT_LOOP = (96, 96, 4)
 # Lookahead (`greedy_decode`): a step's drafted tokens, at most LOOKAHEAD[1] a row, are as many as keep
 # its products to about LOOKAHEAD[0] rows; a decode step of a few rows costs what reading every weight
 # costs, whatever the rows, while a wide batch's steps already cost by the row, so it drafts nothing.
@@ -57,7 +61,7 @@ def whitespace_tokens(tokenizer) -> frozenset[int]:
 def repeats(tokens: list[int], ignored: frozenset[int]) -> bool:
     """Whether `tokens`, without the `ignored` (whitespace) ones, end in a loop (LOOP). Whitespace is
     left out because a model nesting one structure in another loops with a growing indent."""
-    longest, least, copies = LOOP
+    longest, _, copies = LOOP
     tail: list[int] = []
     for token in reversed(tokens):
         if token not in ignored:
@@ -65,14 +69,41 @@ def repeats(tokens: list[int], ignored: frozenset[int]) -> bool:
             if len(tail) == copies * longest:
                 break
     tail.reverse()
+    return ends_in_loop(tail, LOOP)
+
+
+def ends_in_loop(tail: Sequence, rule: tuple[int, int, int]) -> bool:
+    """Whether `tail` ends in `rule`'s loop: (longest cycle, least run, copies), as LOOP and TEXT_LOOP."""
+    longest, least, copies = rule
     n = len(tail)
     for cycle in range(1, longest + 1):
         run = max((copies - 1) * cycle, least)
         if run + cycle > n:
             return False
-        if tail[n - run:] == tail[n - run - cycle:n - cycle]:
+        if tail[n - 1] == tail[n - 1 - cycle] and tail[n - run:] == tail[n - run - cycle:n - cycle]:
             return True
     return False
+
+
+class LoopWatch:
+    """Text as it arrives (a served model's stream), watched for the point where it starts repeating
+    itself by TEXT_LOOP: `feed` gives the length of the text up to that point, once it is there. The
+    text is checked character by character, so the point does not depend on how it came in pieces."""
+
+    def __init__(self):
+        self.length = 0
+        self._written: list[str] = []  # its characters, whitespace aside
+
+    def feed(self, piece: str) -> int | None:
+        longest, _, copies = TEXT_LOOP
+        for char in piece:
+            self.length += 1
+            if char.isspace():
+                continue
+            self._written.append(char)
+            if ends_in_loop("".join(self._written[-copies * longest:]), TEXT_LOOP):
+                return self.length
+        return None
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,11 @@ adapter here, hashed and read here. An adapter trained on notes cut at their spa
 (harness.prompt.prompt_ids) must be read so, which a server that tokenizes the note itself does not
 do: its prompts go to /v1/completions as token ids, made here with its base model's tokenizer.
 
+Answers are streamed, and a stream is closed where the answer starts repeating itself
+(harness.decoding.LoopWatch), as in-process decoding stops a row that loops: the server stops
+generating, a looping answer costs what its loop's first copies cost, not its whole bound, and it is
+recorded as looped. `sunrise serve` stops loops itself, by the model's tokens: its answers are read whole.
+
 The API key is read from OPENAI_API_KEY and never leaves the request's Authorization header:
 errors, summaries and reports never hold it.
 """
@@ -20,6 +25,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from harness.decoding import TEXT_LOOP, LoopWatch
 from harness.errors import AdapterError, HarnessError, ModelNotFoundError
 from harness.grammar import grammar_for
 from harness.models import (
@@ -115,10 +121,14 @@ class OpenAIBackend:
         adapter = _local_adapter(served.adapter)
         # None: chat messages, tokenized by the server; else the tokenizer that cuts notes here.
         self.tokenizer = _base_tokenizer(adapter) if adapter and adapter.split_note_spaces else None
+        served_as = self._describe()
+        # `sunrise serve` describes itself (its models' identities): it stops loops by the model's tokens.
+        self.streams = "sunrise" not in served_as
         self.identity = {
             "model": f"{PREFIX}{served.model}",
             "base_url": served.base_url,
-            "served": self._describe(),
+            "served": served_as,
+            **({"loop": {"rule": list(TEXT_LOOP), "in": "characters of the streamed answer"}} if self.streams else {}),
             "adapter_sha256": adapter.sha256 if adapter else served.adapter,
             "request": {**REQUEST, **options.extra_body},
             "decoding_requests": DECODING_REQUESTS,
@@ -151,8 +161,8 @@ class OpenAIBackend:
     def max_new_tokens(self, note: str, settings: GenerationSettings) -> int:
         """The in-process limit (schema skeleton + 3 x note tokens + 16), counted in UTF-8 bytes: no
         byte-level tokenizer makes more tokens than bytes, so this is never below the bound the model
-        would get in process (`sunrise serve` applies that one itself; elsewhere a looping model
-        just writes a little longer before it is cut)."""
+        would get in process (`sunrise serve` applies that one itself). A looping answer is cut where it
+        starts repeating itself, long before this."""
         return token_limit(answer_bound(settings, SKELETON_BYTES, len(note.encode())), note, settings)
 
     @staticmethod
@@ -178,21 +188,19 @@ class OpenAIBackend:
         limit = self.max_new_tokens(note, settings)
         request = self.structured_output(settings, note)
         extra_body = {**self.options.extra_body, **request.pop("extra_body", {})}
+        streaming = {"stream": True, "stream_options": {"include_usage": True}} if self.streams else {}
         try:
             if self.tokenizer is None:
                 response = self.client.chat.completions.create(
                     model=self.served.model, messages=messages(note, prompt=settings.prompt), max_tokens=limit,
-                    **REQUEST, **request, extra_body=extra_body or None)
-                choice = response.choices[0]
-                text = choice.message.content or ""
+                    **REQUEST, **request, **streaming, extra_body=extra_body or None)
             else:  # the SDK's completions take no response_format argument: it goes as an extra field
                 response = self.client.completions.create(
-                    model=self.served.model, max_tokens=limit, **REQUEST, extra_body={**extra_body, **request},
+                    model=self.served.model, max_tokens=limit, **REQUEST, **streaming,
+                    extra_body={**extra_body, **request},
                     prompt=prompt_ids(self.tokenizer, note, settings.prompt, split_note_spaces=True))
-                choice = response.choices[0]
-                text = choice.text or ""
-            stopped = choice.finish_reason == "stop"
-            tokens = response.usage.completion_tokens if response.usage else len(text.split())
+            # A constrained answer is never cut: its grammar, not the cut, has to close it.
+            answer = _streamed(response, cut=not settings.constrained) if self.streams else _whole(response)
         except openai.APIStatusError as exc:
             return self._failed(t0, f"the server answered {exc.status_code}: {_message(exc)}")
         except openai.APITimeoutError:
@@ -202,11 +210,11 @@ class OpenAIBackend:
             return self._failed(t0, f"could not connect to {self.served.base_url} "
                                     f"({self.options.max_retries} retries)")
         except Exception as exc:  # noqa: BLE001 - a malformed answer is this note's error, not the run's
-            return self._failed(t0, f"unreadable answer from the server ({exc.__class__.__name__})")
+            return self._failed(t0, f"unreadable answer from the server ({exc.__class__.__name__}: {exc})")
         error = (f"the constrained answer did not close within {limit} new tokens"
-                 if settings.constrained and not stopped else None)
-        return Generation(text=text, seconds=time.perf_counter() - t0, new_tokens=tokens, stopped=stopped,
-                          error=error)
+                 if settings.constrained and not answer.stopped else None)
+        return Generation(text=answer.text, seconds=time.perf_counter() - t0, new_tokens=answer.tokens,
+                          stopped=answer.stopped, looped=answer.looped, error=error)
 
     def _failed(self, t0: float, error: str) -> Generation:
         return Generation(text="", seconds=time.perf_counter() - t0, new_tokens=0, stopped=False,
@@ -214,6 +222,44 @@ class OpenAIBackend:
 
     def _redact(self, text: str) -> str:
         return text.replace(self._key, "[API key]") if self._key else text
+
+
+@dataclass(frozen=True)
+class _Answer:
+    text: str
+    stopped: bool  # the server ended it (finish_reason "stop"), not its bound or a loop
+    tokens: int  # the server's count where it gave one, else the pieces received (about one a token)
+    looped: bool = False
+
+
+def _whole(response) -> _Answer:
+    choice = response.choices[0]
+    text = (choice.message.content if hasattr(choice, "message") else choice.text) or ""
+    return _Answer(text, choice.finish_reason == "stop",
+                   response.usage.completion_tokens if response.usage else len(text.split()))
+
+
+def _streamed(stream, cut: bool) -> _Answer:
+    """The answer a stream of chat or completion chunks spells; with `cut`, up to where it starts
+    repeating itself, the stream closed there (which stops the server's generation)."""
+    watch, pieces, looped, finish, counted = LoopWatch(), [], False, None, None
+    with stream:
+        for chunk in stream:
+            if chunk.usage:
+                counted = chunk.usage.completion_tokens
+            for choice in chunk.choices:
+                piece = (choice.delta.content if hasattr(choice, "delta") else choice.text) or ""
+                if piece:
+                    pieces.append(piece)
+                    loop_at = None if looped else watch.feed(piece)
+                    if loop_at is not None:
+                        looped = True
+                        if cut:
+                            return _Answer("".join(pieces)[:loop_at], False, len(pieces), True)
+                finish = choice.finish_reason or finish
+    if finish is None:
+        raise ValueError("the stream ended before the answer did")
+    return _Answer("".join(pieces), finish == "stop", counted if counted is not None else len(pieces), looped)
 
 
 def _local_adapter(adapter: str | None) -> AdapterInfo | None:

@@ -1,6 +1,9 @@
 """A local fake of an OpenAI-compatible chat-completions server (the wire format vLLM, llama.cpp and
 Groq speak), with scripted faults, for testing the HTTP backend with no GPU and no internet. Its
-/v1/completions answers a prompt of token ids (vLLM's way) from `answers_by_ids`.
+/v1/completions answers a prompt of token ids (vLLM's way) from `answers_by_ids`. A request with
+`stream` gets its answer as server-sent events, `chunk_chars` characters a chunk (vLLM and llama.cpp
+send about a token a chunk), and `streamed` records how many chunks each stream sent before it ended
+or the client closed it.
 
 Errors are shaped {"error": {"message", "type", "code"}}. A note's `faults` are played one per
 attempt (so a retry meets the next one), then the note is answered from `answers`.
@@ -8,13 +11,14 @@ attempt (so a retry meets the next one), then the note is answered from `answers
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
 from dataclasses import dataclass, field
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 KEY = "sk-test-0123456789-secret"
 MODELS = ("served-base", "cand")
@@ -28,6 +32,9 @@ class FakeOpenAI:
     retry_after: str = "1"
     delay: float = 3.0
     requests: list[dict] = field(default_factory=list)  # every request body, as received
+    chunk_chars: int = 4
+    chunk_delay: float = 0.0  # seconds between chunks
+    streamed: list[int] = field(default_factory=list)  # chunks each stream sent, in the order streams ended
     in_flight: int = 0
     most_in_flight: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -69,8 +76,13 @@ class FakeOpenAI:
             if fault == "500":
                 return _error(500, "internal error", "internal_server_error", None)
             if fault == "malformed":
+                if body.get("stream"):
+                    return StreamingResponse(iter(['data: {"id": "chatcmpl-1", "choices": [\n\n']),
+                                             media_type="text/event-stream")
                 return Response('{"id": "chatcmpl-1", "choices": [', media_type="application/json")
             content = self.answers.get(note, "{}")
+            if body.get("stream"):
+                return self._stream(body, content, chat=True)
             return {"id": "chatcmpl-1", "object": "chat.completion", "created": int(time.time()),
                     "model": body["model"],
                     "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
@@ -84,12 +96,44 @@ class FakeOpenAI:
             if body.get("model") not in MODELS:
                 return _error(404, f"The model `{body.get('model')}` does not exist.", "NotFoundError", None)
             text = self.answers_by_ids.get(tuple(body["prompt"]), "{}")
+            if body.get("stream"):
+                return self._stream(body, text, chat=False)
             return {"id": "cmpl-1", "object": "text_completion", "created": int(time.time()), "model": body["model"],
                     "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": "stop"}],
                     "usage": {"prompt_tokens": len(body["prompt"]), "completion_tokens": len(text) // 4,
                               "total_tokens": len(body["prompt"]) + len(text) // 4}}
 
         return app
+
+    def _stream(self, body: dict, text: str, chat: bool) -> StreamingResponse:
+        """`text` as OpenAI's chunks: content pieces, an empty one with the finish reason, the usage where
+        `stream_options` asks for it, then [DONE]."""
+        kind = "chat.completion.chunk" if chat else "text_completion"
+
+        def chunk(piece: str, finish: str | None, usage: dict | None = None) -> str:
+            choice = {"index": 0, "finish_reason": finish,
+                      **({"delta": {"content": piece}} if chat else {"text": piece, "logprobs": None})}
+            event = {"id": "chatcmpl-1", "object": kind, "created": int(time.time()), "model": body["model"],
+                     "choices": [] if usage else [choice], **({"usage": usage} if usage else {})}
+            return f"data: {json.dumps(event)}\n\n"
+
+        async def events():  # async, so that a client closing the stream cancels it (Starlette)
+            sent = 0
+            try:
+                for start in range(0, len(text), self.chunk_chars):
+                    yield chunk(text[start:start + self.chunk_chars], None)
+                    sent += 1
+                    await asyncio.sleep(self.chunk_delay)
+                yield chunk("", "stop")
+                if (body.get("stream_options") or {}).get("include_usage"):
+                    tokens = sent  # a chunk a token, as the servers it stands in for send them
+                    yield chunk("", None, {"prompt_tokens": 10, "completion_tokens": tokens,
+                                           "total_tokens": 10 + tokens})
+                yield "data: [DONE]\n\n"
+            finally:
+                self.streamed.append(sent)
+
+        return StreamingResponse(events(), media_type="text/event-stream")
 
 
 def _error(status, message, kind, code, headers=None):

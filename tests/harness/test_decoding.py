@@ -8,7 +8,9 @@ from harness.decoding import (
     DRAFT_NGRAM,
     LOOKAHEAD,
     LOOP,
+    TEXT_LOOP,
     Drafts,
+    LoopWatch,
     greedy_decode,
     left_padded,
     lookahead_width,
@@ -71,6 +73,40 @@ def test_no_true_answer_repeats_itself_however_it_is_tokenised():
     entry = '{"medication":"Paxlovid","dose":{"value":300,"unit":"mg"}}'
     lists = {n: tokenizer.encode('{"medicationStatement":[' + ",".join([entry] * n) + "]}") for n in (4, 5)}
     cut = {n: any(repeats(ids[:end], ignored) for end in range(1, len(ids) + 1)) for n, ids in lists.items()}
+    assert cut == {4: False, 5: True}
+
+
+def _cut(text: str, piece: int) -> int | None:
+    watch = LoopWatch()
+    return next((end for start in range(0, len(text), piece) if (end := watch.feed(text[start:start + piece]))),
+                None)
+
+
+LOOPING = '{"patient":{"name":"Aisha Novak"},"reasonCode":[' + '{"text":"temp"},' * 12
+
+
+def test_a_streamed_answer_is_cut_where_it_starts_repeating_however_it_arrives():
+    """A served answer comes as text in pieces of any size; it is cut at the first character where its
+    last TEXT_LOOP[1] characters, whitespace aside, each equal the one a cycle back, wherever the pieces end."""
+    first = next(n for n in range(len(LOOPING) + 1) if _cut(LOOPING[:n], len(LOOPING)))
+    cycle = len('{"text":"temp"},')
+    assert first == LOOPING.index('{"text":"temp"}') + cycle + max((TEXT_LOOP[2] - 1) * cycle, TEXT_LOOP[1])
+    assert {_cut(LOOPING, piece) for piece in (1, 3, 4, 7, 50, len(LOOPING))} == {first}
+    nested = "".join("\n" + "  " * depth + '{"data":' for depth in range(40))  # a growing indent
+    assert _cut(nested, 5) is not None and _cut(LOOPING[:first - 1], 1) is None
+
+
+def test_no_true_answer_is_cut_as_text_and_five_identical_medications_are():
+    import json
+
+    from scenarios import CURATED
+    from scenarios.splits import generate_split
+
+    for case in [*SEED, *CURATED, *generate_split("val", 50), *generate_split("test", 100)]:
+        for indent in (None, 2):
+            assert _cut(json.dumps(case.expected, indent=indent), 1) is None, case.id
+    entry = '{"medication":"Paxlovid","dose":{"value":300,"unit":"mg"}}'
+    cut = {n: _cut('{"medicationStatement":[' + ",".join([entry] * n) + "]}", 1) is not None for n in (4, 5)}
     assert cut == {4: False, 5: True}
 
 

@@ -63,6 +63,8 @@ def test_the_harness_http_backend_reads_its_own_server(served, tmp_path):
     tuned, url = served
     backend = OpenAIBackend(ServedModel("tuned", url), HTTPOptions(concurrency=4))
     assert backend.identity["served"]["sunrise"]["model"] == "fake:tuned"  # the server's own identity
+    # It stops loops itself, by the model's tokens, so its answers are read whole, not streamed and cut.
+    assert not backend.streams and "loop" not in backend.identity
     results = Generator(backend, GenerationSettings(), cache=False).run([c.note for c in SEED])
     assert [r.generation.text for r in results] == [dumps(c.expected) for c in SEED]
     assert {s.decoding for s in tuned.settings} == {"free"}  # response_format text: free, as asked

@@ -2,6 +2,7 @@
 server: retries, per-note errors, concurrency, identity, structured output and the key kept secret."""
 
 import json
+import time
 
 import pytest
 
@@ -49,6 +50,36 @@ def test_outputs_come_back_in_order_with_the_request_the_harness_promises(fake):
     assert sent["temperature"] == 0 and sent["seed"] == 0 and sent["response_format"] == {"type": "text"}
     assert [m["role"] for m in sent["messages"]] == ["system", "user"]
     assert sent["max_tokens"] >= 3 * len(sent["messages"][-1]["content"])  # the per-note bound, never below it
+
+
+def test_a_looping_answer_is_cut_where_it_starts_repeating_and_its_stream_closed(fake):
+    """The server would stream 30,000 characters of a loop; the answer keeps what comes before the point
+    where it starts repeating (harness.decoding.LoopWatch), the stream is closed there, so the server
+    stops sending, and the answer says it looped. An answer that does not loop streams whole, with the
+    server's token count."""
+    from harness.decoding import LoopWatch
+
+    looping = '{"resourceType":"SunriseEMRClinicalSummary","reasonCode":[' + '{"text":"temp"},' * 2000
+    fake.answers[NOTES[0]], fake.chunk_delay = looping, 0.001
+    got = backend(fake, concurrency=1).generate(NOTES[:2], GenerationSettings())
+    assert all(r["stream"] and r["stream_options"] == {"include_usage": True} for r in fake.requests)
+    assert got[0].text == looping[:LoopWatch().feed(looping)] and len(got[0].text) < 300
+    assert got[0].looped and not got[0].stopped and got[0].error is None
+    assert (got[1].text, got[1].looped, got[1].stopped) == (dumps(SEED[1].expected), False, True)
+    deadline = time.monotonic() + 10
+    while len(fake.streamed) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    cut_stream, whole_stream = fake.streamed if len(fake.streamed) == 2 else (None, None)
+    assert cut_stream is not None and cut_stream < 1000, fake.streamed  # of 7,514 chunks
+    assert got[1].new_tokens == whole_stream  # the server's count (the fake's: a chunk a token)
+
+
+def test_a_constrained_answer_is_never_cut_only_marked(fake):
+    """A grammar, not the cut, has to close a constrained answer: it is read to its end."""
+    looping = '{"reasonCode":[' + '{"text":"temp"},' * 20 + '{"text":"x"}]}'
+    fake.answers[NOTES[0]] = looping
+    got = backend(fake).generate(NOTES[:1], GenerationSettings(decoding="schema"))[0]
+    assert (got.text, got.looped, got.stopped) == (looping, True, True)
 
 
 def test_constrained_modes_are_sent_as_structured_output_requests(fake):
