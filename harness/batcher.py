@@ -9,10 +9,20 @@ do not depend on the batch (harness.numerics), so a client gets the answer it wo
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future
+from dataclasses import dataclass, field
 
 from harness.errors import InputError
 from harness.models import Backend, Generation, GenerationSettings
+
+
+@dataclass(frozen=True)
+class _Request:
+    note: str
+    settings: GenerationSettings
+    listener: Callable[[str], None] | None = None
+    future: Future = field(default_factory=Future)
 
 
 class Batcher:
@@ -20,44 +30,54 @@ class Batcher:
         # window_s: how long a batch waits for company after its first request; clients that send
         # together arrive within it (a generation takes seconds, so the wait costs little).
         self.backend, self.max_batch, self.window_s = backend, max_batch, window_s
-        self._pending: list[tuple[str, GenerationSettings, Future]] = []
+        self._pending: list[_Request] = []
         self._wake = threading.Condition()
         self.batches: list[int] = []  # the size of every batch run, for tests and benchmarks
         threading.Thread(target=self._work, name="sunrise-batcher", daemon=True).start()
 
-    def generate(self, note: str, settings: GenerationSettings) -> Generation:
+    def generate(self, note: str, settings: GenerationSettings,
+                 listener: Callable[[str], None] | None = None) -> Generation:
         """One note's generation, batched with whatever else is waiting; raises what the backend raised
-        for this note (InputError for a note it refuses)."""
-        future: Future = Future()
+        for this note (InputError for a note it refuses). `listener` gets the answer so far as it grows,
+        from the worker thread."""
+        request = _Request(note, settings, listener)
         with self._wake:
-            self._pending.append((note, settings, future))
+            self._pending.append(request)
             self._wake.notify()
-        return future.result()
+        return request.future.result()
 
     def _work(self) -> None:
         while True:
             with self._wake:
                 self._wake.wait_for(lambda: self._pending)
                 self._wake.wait_for(lambda: len(self._pending) >= self.max_batch, timeout=self.window_s)
-                settings = self._pending[0][1]
-                batch = [p for p in self._pending if p[1] == settings][:self.max_batch]
+                settings = self._pending[0].settings
+                batch = [p for p in self._pending if p.settings == settings][:self.max_batch]
                 self._pending = [p for p in self._pending if all(p is not b for b in batch)]
             self.batches.append(len(batch))
             self._run(batch, settings)
 
-    def _run(self, batch: list[tuple[str, GenerationSettings, Future]], settings: GenerationSettings) -> None:
+    def _run(self, batch: list[_Request], settings: GenerationSettings) -> None:
+        listeners = [request.listener for request in batch]
+
+        def listener(i: int, text: str) -> None:
+            if listeners[i] is not None:
+                listeners[i](text)
+
         try:
-            gens = self.backend.generate([note for note, _, _ in batch], settings)
+            # Only where a request streams: decoding each step's text for a listener costs time.
+            streams = {"listener": listener} if any(listeners) else {}
+            gens = self.backend.generate([request.note for request in batch], settings, **streams)
         except InputError as exc:
             if len(batch) == 1:
-                batch[0][2].set_exception(exc)
+                batch[0].future.set_exception(exc)
             else:  # one refused note must not cost the others their answers
-                for item in batch:
-                    self._run([item], settings)
+                for request in batch:
+                    self._run([request], settings)
             return
         except BaseException as exc:  # noqa: BLE001 - handed to the waiting requests, never lost in this thread
-            for _, _, future in batch:
-                future.set_exception(exc)
+            for request in batch:
+                request.future.set_exception(exc)
             return
-        for (_, _, future), gen in zip(batch, gens, strict=True):
-            future.set_result(gen)
+        for request, gen in zip(batch, gens, strict=True):
+            request.future.set_result(gen)

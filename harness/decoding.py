@@ -26,7 +26,7 @@ matcher only ever consumes kept tokens and never has to take one back.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -190,7 +190,8 @@ class Drafts:
 def greedy_decode(model, rows: list[list[int]], bounds: list[int], stop_ids: list[int], pad_id: int,
                   ignored: frozenset[int], constraint: BatchConstraint | None = None,
                   written: list[list[int]] | None = None, lookahead: bool = False,
-                  answers: Sequence[list[int]] = (), references: Sequence[list[int]] = ()) -> list[Decoded]:
+                  answers: Sequence[list[int]] = (), references: Sequence[list[int]] = (),
+                  on_tokens: Callable[[int, list[int]], None] | None = None) -> list[Decoded]:
     """Decode `rows` (token ids of prompts) together; row i gets at most `bounds[i]` new tokens and
     stops where it repeats itself (`repeats`, whitespace tokens `ignored`). `written[i]`: new tokens
     row i already has (which its matcher has consumed); decoding goes on after them, and they count
@@ -201,7 +202,10 @@ def greedy_decode(model, rows: list[list[int]], bounds: list[int], stop_ids: lis
     `answers` (`Drafts`), and keeps each drafted token the model's argmax (under the row's grammar) agrees
     with, so one step can yield several tokens. The tokens are greedy decoding's only where a position's
     logits do not depend on how many positions a step computes: under the batch-invariant numerics
-    (harness.numerics), which the caller checks."""
+    (harness.numerics), which the caller checks.
+
+    `on_tokens(i, tokens)`: called after each step for every row i that took tokens in it, with all
+    of the row's new tokens so far (a server streams them)."""
     import torch
 
     from harness.kv_cache import GrowingLayer, growing_cache
@@ -214,6 +218,7 @@ def greedy_decode(model, rows: list[list[int]], bounds: list[int], stop_ids: lis
     tokens: list[list[int]] = [list(done) for done in written] if written is not None else [[] for _ in rows]
     stopped = [False] * len(rows)
     looped = [False] * len(rows)
+    grew: set[int] = set()  # rows that took tokens in this step
     cache = growing_cache(model)
     # Not with a sliding window: that counts positions, and rejected drafts would take its room.
     lookahead = lookahead and all(isinstance(layer, GrowingLayer) for layer in cache.layers)
@@ -240,6 +245,7 @@ def greedy_decode(model, rows: list[list[int]], bounds: list[int], stop_ids: lis
         if constraint is not None and not constraint.advance(row, tok):
             return False
         tokens[row].append(tok)
+        grew.add(row)
         return len(tokens[row]) < bounds[row] and not (tok not in ignored and loops(row))
 
     for row in range(len(rows)):  # written tokens that loop already: as if the loop had just been written
@@ -281,6 +287,10 @@ def greedy_decode(model, rows: list[list[int]], bounds: list[int], stop_ids: lis
                     else:
                         agreeing.append(j)
                 going = agreeing
+            if on_tokens is not None:
+                for row in sorted(grew):
+                    on_tokens(row, tokens[row])
+            grew.clear()
             keep = sorted(ends)
             if not keep:
                 break

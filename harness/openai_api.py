@@ -1,6 +1,9 @@
 """`sunrise serve` in the OpenAI protocol: GET /v1/models, POST /v1/chat/completions and POST
 /v1/completions for the models it loaded, so any OpenAI client (and the harness's own HTTP backend)
-can use an adapter without importing Python. No streaming; always greedy.
+can use an adapter without importing Python. Always greedy. With `stream: true` the answer comes as
+server-sent events while it is decoded, a piece each decoding step (batched with other requests as
+ever); `stream_options: {"include_usage": true}` adds the usage chunk. A client that closes its
+stream stops reading, not the batch its note is decoded in.
 
 A chat request is one note: one user message, after no system message, the one the adapter was
 trained with, or the engineered zero-shot prompt (harness.prompt). A completions request is one
@@ -14,6 +17,8 @@ that names none gets the server's --decoding.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
 import uuid
 from collections.abc import Mapping
@@ -21,12 +26,12 @@ from dataclasses import replace
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 
 from harness.batcher import Batcher
 from harness.errors import InputError
 from harness.grammar import grammar_for
-from harness.models import GenerationSettings
+from harness.models import Generation, GenerationSettings
 from harness.prompt import PROMPTS, SYSTEM_PROMPT
 from harness.schema import SCHEMA
 
@@ -74,25 +79,109 @@ def openai_routes(batchers: Mapping[str, Batcher], settings: GenerationSettings)
             problem = note_problem(note)
             if problem:
                 raise RequestError(422, problem[0], problem[1], where)
-            try:
-                gen = await run_in_threadpool(batchers[role].generate, note, asked)
-            except InputError as exc:
-                raise RequestError(422, "too_long", f"{exc}. Shorten the note.", where) from None
+            answer = _Answer(batchers[role], note, asked, where)
+            if body.get("stream"):
+                return await answer.stream(role, kind, bool((body.get("stream_options") or {}).get("include_usage")))
+            gen = await answer.whole()
         except RequestError as exc:
             return exc.response()
-        finish = "stop" if gen.stopped else "length"
-        choice = ({"message": {"role": "assistant", "content": gen.text}} if kind == "chat.completion"
-                  else {"text": gen.text, "logprobs": None})
-        return {
-            "id": f"{'chatcmpl' if kind == 'chat.completion' else 'cmpl'}-{uuid.uuid4().hex}", "object": kind,
-            "created": int(time.time()), "model": role,
-            "choices": [{"index": 0, **choice, "finish_reason": finish}],
-            "usage": {"prompt_tokens": gen.prompt_tokens or 0, "completion_tokens": gen.new_tokens,
-                      "total_tokens": (gen.prompt_tokens or 0) + gen.new_tokens},
-            "sunrise": {"decoding": asked.decoding, "error": gen.error, "seconds": round(gen.seconds, 3)},
-        }
+        return {**_head(role, kind), "choices": [_choice(kind, gen.text, _finish(gen))], "usage": _usage(gen),
+                "sunrise": _extras(gen, asked)}
 
     return router
+
+
+class _Answer:
+    """One request's generation, whole or streamed; a note the model refuses (too long) is the request's
+    422 either way, since a stream starts only once its first piece, or its answer, is there."""
+
+    def __init__(self, batcher: Batcher, note: str, settings: GenerationSettings, where: str):
+        self.batcher, self.note, self.settings, self.where = batcher, note, settings, where
+
+    async def whole(self) -> Generation:
+        try:
+            return await run_in_threadpool(self.batcher.generate, self.note, self.settings)
+        except InputError as exc:
+            raise self._refused(exc) from None
+
+    def _refused(self, exc: InputError) -> RequestError:
+        return RequestError(422, "too_long", f"{exc}. Shorten the note.", self.where)
+
+    async def stream(self, role: str, kind: str, usage: bool) -> StreamingResponse:
+        loop = asyncio.get_running_loop()
+        pieces: asyncio.Queue[str] = asyncio.Queue()
+        done = asyncio.ensure_future(run_in_threadpool(
+            self.batcher.generate, self.note, self.settings,
+            lambda text: loop.call_soon_threadsafe(pieces.put_nowait, text)))
+        first = asyncio.ensure_future(pieces.get())
+        await asyncio.wait({done, first}, return_when=asyncio.FIRST_COMPLETED)
+        if done.done() and isinstance(done.exception(), InputError):
+            first.cancel()
+            raise self._refused(done.exception())
+        head = _head(role, f"{kind}.chunk" if kind == "chat.completion" else kind)
+
+        def event(payload: dict) -> str:
+            return f"data: {json.dumps(payload)}\n\n"
+
+        def chunk(text: str, finish: str | None = None, **more) -> str:
+            return event({**head, "choices": [_choice(kind, text, finish, delta=True)], **more})
+
+        async def events():
+            sent, waiting = "", first
+            try:
+                while not done.done() or not pieces.empty():
+                    await asyncio.wait({done, waiting}, return_when=asyncio.FIRST_COMPLETED)
+                    if not waiting.done():
+                        break
+                    # A piece may end inside a character that its next token completes: held back till then.
+                    text = waiting.result().rstrip("\ufffd")
+                    if text.startswith(sent) and len(text) > len(sent):
+                        yield chunk(text[len(sent):])
+                        sent = text
+                    waiting = asyncio.ensure_future(pieces.get())
+                waiting.cancel()
+                try:
+                    gen = done.result()
+                except Exception as exc:  # noqa: BLE001 - the stream has begun: its last event says what failed
+                    yield event({"error": {"message": f"the generation failed: {exc}", "type": "server_error",
+                                           "code": "generation_failed"}})
+                    return
+                rest = gen.text[len(sent):] if gen.text.startswith(sent) else ""
+                yield chunk(rest, _finish(gen), sunrise=_extras(gen, self.settings))
+                if usage:
+                    yield event({**head, "choices": [], "usage": _usage(gen)})
+                yield "data: [DONE]\n\n"
+            finally:
+                waiting.cancel()
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+
+def _head(role: str, kind: str) -> dict:
+    return {"id": f"{'chatcmpl' if kind.startswith('chat') else 'cmpl'}-{uuid.uuid4().hex}", "object": kind,
+            "created": int(time.time()), "model": role}
+
+
+def _choice(kind: str, text: str, finish: str | None, delta: bool = False) -> dict:
+    """A response's one choice, or (`delta`) a stream chunk's."""
+    if kind != "chat.completion":
+        content = {"text": text, "logprobs": None}
+    else:
+        content = {"delta" if delta else "message": {"role": "assistant", "content": text}}
+    return {"index": 0, **content, "finish_reason": finish}
+
+
+def _finish(gen: Generation) -> str:
+    return "stop" if gen.stopped else "length"
+
+
+def _usage(gen: Generation) -> dict:
+    return {"prompt_tokens": gen.prompt_tokens or 0, "completion_tokens": gen.new_tokens,
+            "total_tokens": (gen.prompt_tokens or 0) + gen.new_tokens}
+
+
+def _extras(gen: Generation, settings: GenerationSettings) -> dict:
+    return {"decoding": settings.decoding, "error": gen.error, "seconds": round(gen.seconds, 3)}
 
 
 def parse_request(body, batchers: Mapping[str, Batcher], default: GenerationSettings,
@@ -105,8 +194,8 @@ def parse_request(body, batchers: Mapping[str, Batcher], default: GenerationSett
     if model not in batchers:
         raise RequestError(404, "model_not_found", f"The model {model!r} does not exist here; this server "
                                                    f"serves: {', '.join(batchers)}.", "model")
-    if body.get("stream"):
-        raise RequestError(400, "unsupported", "Streaming is not supported; send stream: false.", "stream")
+    if not isinstance(body.get("stream", False), bool):
+        raise RequestError(400, "invalid_value", "stream must be true or false.", "stream")
     if body.get("n", 1) != 1:
         raise RequestError(400, "unsupported", "Only n = 1 is supported (greedy decoding has one answer).", "n")
     note, prompt = read_note(body, batchers[model].backend)

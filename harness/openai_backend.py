@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -34,6 +35,7 @@ from harness.models import (
     AdapterInfo,
     Generation,
     GenerationSettings,
+    Listener,
     answer_bound,
     hub_snapshot,
     inspect_adapter,
@@ -177,11 +179,13 @@ class OpenAIBackend:
                 "name": RESOURCE_TYPE, "schema": SCHEMA, "strict": True}}}
         return {"extra_body": {"structured_outputs": {"grammar": grammar_for("grounded", note)}}}
 
-    def generate(self, notes: list[str], settings: GenerationSettings) -> list[Generation]:
+    def generate(self, notes: list[str], settings: GenerationSettings,
+                 listener: Listener | None = None) -> list[Generation]:
         with ThreadPoolExecutor(min(self.options.concurrency, max(1, len(notes)))) as pool:
-            return list(pool.map(lambda note: self._one(note, settings), notes))
+            return list(pool.map(lambda i: self._one(notes[i], settings, listener and (
+                lambda text: listener(i, text))), range(len(notes))))
 
-    def _one(self, note: str, settings: GenerationSettings) -> Generation:
+    def _one(self, note: str, settings: GenerationSettings, report: Callable[[str], None] | None) -> Generation:
         import openai
 
         t0 = time.perf_counter()
@@ -200,7 +204,7 @@ class OpenAIBackend:
                     extra_body={**extra_body, **request},
                     prompt=prompt_ids(self.tokenizer, note, settings.prompt, split_note_spaces=True))
             # A constrained answer is never cut: its grammar, not the cut, has to close it.
-            answer = _streamed(response, cut=not settings.constrained) if self.streams else _whole(response)
+            answer = _streamed(response, not settings.constrained, report) if self.streams else _whole(response)
         except openai.APIStatusError as exc:
             return self._failed(t0, f"the server answered {exc.status_code}: {_message(exc)}")
         except openai.APITimeoutError:
@@ -239,9 +243,10 @@ def _whole(response) -> _Answer:
                    response.usage.completion_tokens if response.usage else len(text.split()))
 
 
-def _streamed(stream, cut: bool) -> _Answer:
+def _streamed(stream, cut: bool, report: Callable[[str], None] | None = None) -> _Answer:
     """The answer a stream of chat or completion chunks spells; with `cut`, up to where it starts
-    repeating itself, the stream closed there (which stops the server's generation)."""
+    repeating itself, the stream closed there (which stops the server's generation). `report` gets
+    the answer so far after each piece."""
     watch, pieces, looped, finish, counted = LoopWatch(), [], False, None, None
     with stream:
         for chunk in stream:
@@ -252,10 +257,11 @@ def _streamed(stream, cut: bool) -> _Answer:
                 if piece:
                     pieces.append(piece)
                     loop_at = None if looped else watch.feed(piece)
-                    if loop_at is not None:
-                        looped = True
-                        if cut:
-                            return _Answer("".join(pieces)[:loop_at], False, len(pieces), True)
+                    looped = looped or loop_at is not None
+                    if loop_at is not None and cut:
+                        return _Answer("".join(pieces)[:loop_at], False, len(pieces), True)
+                    if report is not None:
+                        report("".join(pieces))
                 finish = choice.finish_reason or finish
     if finish is None:
         raise ValueError("the stream ended before the answer did")

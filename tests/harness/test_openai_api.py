@@ -29,12 +29,12 @@ class SlowFake(FakeBackend):
         super().__init__(outputs, name)
         self.seconds, self.settings, self.lock = seconds, [], threading.Lock()
 
-    def generate(self, notes, settings):
+    def generate(self, notes, settings, listener=None):
         assert self.lock.acquire(blocking=False), "the model was called from two threads at once"
         try:
             self.settings.append(settings)
             time.sleep(self.seconds)
-            return super().generate(notes, settings)
+            return super().generate(notes, settings, listener)
         finally:
             self.lock.release()
 
@@ -94,7 +94,8 @@ def test_the_decoding_follows_the_request(served):
 
 @pytest.mark.parametrize("body, status, code", [
     ({"model": "gpt-4", "messages": messages("Pt A, 40y.")}, 404, "model_not_found"),
-    ({"model": "tuned", "messages": messages("Pt A, 40y."), "stream": True}, 400, "unsupported"),
+    ({"model": "tuned", "messages": messages("Pt A, 40y."), "stream": "yes"}, 400, "invalid_value"),
+    ({"model": "tuned", "messages": messages("x" * 20_001), "stream": True}, 422, "too_long"),
     ({"model": "tuned", "messages": [{"role": "system", "content": "You are a pirate."},
                                      {"role": "user", "content": "Pt A"}]}, 400, "unknown_prompt"),
     ({"model": "tuned", "messages": [{"role": "assistant", "content": "hi"}]}, 400, "invalid_messages"),
@@ -111,6 +112,23 @@ def test_bad_requests_get_an_openai_shaped_error(served, body, status, code):
     resp = httpx.post(f"{url}/chat/completions", json=body)
     assert resp.status_code == status
     assert resp.json()["error"]["code"] == code and resp.json()["error"]["message"]
+
+
+def test_a_streamed_answer_is_the_answer_in_pieces_with_its_finish_and_usage(served):
+    """The official SDK's stream=True: the pieces spell the answer a plain request gets, the last chunk
+    says why it ended, and the usage chunk comes where stream_options asks for it."""
+    tuned, url = served
+    client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0)
+    whole = client.chat.completions.create(model="tuned", messages=messages(SEED[0].note), temperature=0)
+    chunks = list(client.chat.completions.create(model="tuned", messages=messages(SEED[0].note), temperature=0,
+                                                 stream=True, stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content == dumps(SEED[0].expected)
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens and not chunks[-1].choices
+    plain = list(client.chat.completions.create(model="tuned", messages=messages(SEED[1].note), stream=True))
+    assert all(c.usage is None for c in plain)
+    assert "".join(c.choices[0].delta.content or "" for c in plain) == dumps(SEED[1].expected)
 
 
 def test_a_user_message_alone_is_answered_with_the_trained_prompt(served):
@@ -151,8 +169,10 @@ def test_a_served_adapter_answers_as_it_does_in_process(tmp_path):
     server batches them its own way), every seed note gets exactly the output the same model gives in
     process, both as chat messages (the server cuts the note) and as the token ids the harness makes
     from the adapter's folder (as it sends them to vLLM): greedy, the same prompt, the same per-note
-    bound, and outputs that do not depend on the batch (harness.numerics)."""
+    bound, and outputs that do not depend on the batch (harness.numerics). Streamed, two notes at once,
+    an answer comes in pieces as it is decoded and they spell the same output."""
     import sys
+    from concurrent.futures import ThreadPoolExecutor
 
     from harness.models import HFBackend, ModelSpec
     from tests.fakes.servers import server_process
@@ -165,6 +185,10 @@ def test_a_served_adapter_answers_as_it_does_in_process(tmp_path):
         remote = {way: OpenAIBackend(ServedModel("tuned", url, folder), HTTPOptions(concurrency=len(notes)))
                   for way, folder in (("chat", None), ("token ids", str(adapter)))}
         over_http = {way: backend.generate(notes, GenerationSettings()) for way, backend in remote.items()}
+        client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0)
+        with ThreadPoolExecutor(2) as pool:
+            streamed = list(pool.map(lambda note: [c.choices[0] for c in client.chat.completions.create(
+                model="tuned", messages=messages(note), stream=True) if c.choices], notes[:2]))
     local = HFBackend(ModelSpec(quantization="nf4", adapter=str(adapter)))
     assert local.identity["note_tokens"] == remote["token ids"].identity["note_tokens"] == "split at spaces"
     assert remote["chat"].identity["served"]["sunrise"]["adapter_sha256"] == local.identity["adapter_sha256"]
@@ -173,3 +197,7 @@ def test_a_served_adapter_answers_as_it_does_in_process(tmp_path):
         assert [g.error for g in got] == [None] * len(notes), way
         assert [g.text for g in got] == [g.text for g in in_process], way
         assert [g.new_tokens for g in got] == [g.new_tokens for g in in_process], way
+    for choices, gen in zip(streamed, in_process, strict=False):
+        pieces = [c.delta.content for c in choices if c.delta.content]
+        assert len(pieces) > 5 and "".join(pieces) == gen.text
+        assert choices[-1].finish_reason == ("stop" if gen.stopped else "length")
