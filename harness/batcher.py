@@ -8,8 +8,9 @@ do not depend on the batch (harness.numerics), so a client gets the answer it wo
 
 from __future__ import annotations
 
+import asyncio
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
@@ -81,3 +82,33 @@ class Batcher:
             return
         for request, gen in zip(batch, gens, strict=True):
             request.future.set_result(gen)
+
+
+async def growing(batcher: Batcher, note: str, settings: GenerationSettings) -> AsyncIterator[str | Generation]:
+    """One note's answer as it is decoded, for a server that streams it: the text so far each time it
+    grows, then the Generation. What the backend raises for the note (InputError for a note it
+    refuses) is raised in its place, so a caller that waits for the first item before it starts a
+    response can still answer with an error."""
+    loop = asyncio.get_running_loop()
+    pieces: asyncio.Queue[str] = asyncio.Queue()
+    done = asyncio.ensure_future(asyncio.to_thread(
+        batcher.generate, note, settings, lambda text: loop.call_soon_threadsafe(pieces.put_nowait, text)))
+    waiting = asyncio.ensure_future(pieces.get())
+    try:
+        while True:
+            await asyncio.wait({done, waiting}, return_when=asyncio.FIRST_COMPLETED)
+            if not waiting.done():
+                break
+            yield _whole_characters(waiting.result())
+            waiting = asyncio.ensure_future(pieces.get())
+        waiting.cancel()
+        while not pieces.empty():  # every piece was queued before the generation's end was
+            yield _whole_characters(pieces.get_nowait())
+        yield done.result()
+    finally:
+        waiting.cancel()
+
+
+def _whole_characters(text: str) -> str:
+    """A piece may end inside a character that its next token completes: that part is held back."""
+    return text.rstrip("\ufffd")

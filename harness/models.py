@@ -174,9 +174,11 @@ def load_backend(spec: ModelSpec, http=None) -> Backend:
 class FakeBackend:
     """A scripted backend: returns given outputs. A first-class backend for everything above the model."""
 
-    def __init__(self, outputs: Mapping[str, str] | Callable[[str], str] | None = None, name: str = "fake"):
+    def __init__(self, outputs: Mapping[str, str] | Callable[[str], str] | None = None, name: str = "fake",
+                 pieces: int = 1):
         self.outputs = outputs if outputs is not None else {}
         self.name = name
+        self.pieces = pieces  # a listener gets each output as this many growing prefixes, as decoding steps give it
         self.calls: list[list[str]] = []
 
     @property
@@ -193,8 +195,8 @@ class FakeBackend:
         out = []
         for i, note in enumerate(notes):
             text = self.outputs(note) if callable(self.outputs) else self.outputs.get(note, dumps(empty_summary()))
-            if listener is not None:
-                listener(i, text)
+            for k in range(1, self.pieces + 1) if listener is not None else ():
+                listener(i, text[:len(text) * k // self.pieces])
             out.append(Generation(text=text, seconds=0.0, new_tokens=len(text.split()), stopped=True))
         return out
 

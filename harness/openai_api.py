@@ -17,7 +17,6 @@ that names none gets the server's --decoding.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 import uuid
@@ -28,7 +27,7 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from harness.batcher import Batcher
+from harness.batcher import Batcher, growing
 from harness.errors import InputError
 from harness.grammar import grammar_for
 from harness.models import Generation, GenerationSettings
@@ -108,16 +107,11 @@ class _Answer:
         return RequestError(422, "too_long", f"{exc}. Shorten the note.", self.where)
 
     async def stream(self, role: str, kind: str, usage: bool) -> StreamingResponse:
-        loop = asyncio.get_running_loop()
-        pieces: asyncio.Queue[str] = asyncio.Queue()
-        done = asyncio.ensure_future(run_in_threadpool(
-            self.batcher.generate, self.note, self.settings,
-            lambda text: loop.call_soon_threadsafe(pieces.put_nowait, text)))
-        first = asyncio.ensure_future(pieces.get())
-        await asyncio.wait({done, first}, return_when=asyncio.FIRST_COMPLETED)
-        if done.done() and isinstance(done.exception(), InputError):
-            first.cancel()
-            raise self._refused(done.exception())
+        answer = growing(self.batcher, self.note, self.settings)
+        try:
+            first = await anext(answer)
+        except InputError as exc:
+            raise self._refused(exc) from None
         head = _head(role, f"{kind}.chunk" if kind == "chat.completion" else kind)
 
         def event(payload: dict) -> str:
@@ -127,32 +121,24 @@ class _Answer:
             return event({**head, "choices": [_choice(kind, text, finish, delta=True)], **more})
 
         async def events():
-            sent, waiting = "", first
+            sent, item = "", first
             try:
-                while not done.done() or not pieces.empty():
-                    await asyncio.wait({done, waiting}, return_when=asyncio.FIRST_COMPLETED)
-                    if not waiting.done():
-                        break
-                    # A piece may end inside a character that its next token completes: held back till then.
-                    text = waiting.result().rstrip("\ufffd")
-                    if text.startswith(sent) and len(text) > len(sent):
-                        yield chunk(text[len(sent):])
-                        sent = text
-                    waiting = asyncio.ensure_future(pieces.get())
-                waiting.cancel()
-                try:
-                    gen = done.result()
-                except Exception as exc:  # noqa: BLE001 - the stream has begun: its last event says what failed
-                    yield event({"error": {"message": f"the generation failed: {exc}", "type": "server_error",
-                                           "code": "generation_failed"}})
-                    return
-                rest = gen.text[len(sent):] if gen.text.startswith(sent) else ""
-                yield chunk(rest, _finish(gen), sunrise=_extras(gen, self.settings))
-                if usage:
-                    yield event({**head, "choices": [], "usage": _usage(gen)})
-                yield "data: [DONE]\n\n"
+                while isinstance(item, str):
+                    if item.startswith(sent) and len(item) > len(sent):
+                        yield chunk(item[len(sent):])
+                        sent = item
+                    item = await anext(answer)
+            except Exception as exc:  # noqa: BLE001 - the stream has begun: its last event says what failed
+                yield event({"error": {"message": f"the generation failed: {exc}", "type": "server_error",
+                                       "code": "generation_failed"}})
+                return
             finally:
-                waiting.cancel()
+                await answer.aclose()
+            rest = item.text[len(sent):] if item.text.startswith(sent) else ""
+            yield chunk(rest, _finish(item), sunrise=_extras(item, self.settings))
+            if usage:
+                yield event({**head, "choices": [], "usage": _usage(item)})
+            yield "data: [DONE]\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream")
 

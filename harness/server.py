@@ -7,18 +7,19 @@ the page or from API clients, share one forward pass instead of queueing behind 
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Mapping
 from pathlib import Path
 
 from fastapi import FastAPI, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 
-from harness.batcher import Batcher
+from harness.batcher import Batcher, growing
 from harness.checks import describe_output
 from harness.errors import InputError
-from harness.models import Backend, GenerationSettings, ModelSpec
+from harness.models import Backend, Generation, GenerationSettings, ModelSpec
 from harness.transcribe import MAX_BYTES, Transcriber, TranscriptionError
 
 PAGE = Path(__file__).with_name("templates") / "page.html"
@@ -88,20 +89,65 @@ def create_app(models: Mapping[str, Backend], transcriber: Transcriber,
         problem = note_problem(note)
         if problem:
             return _error(422, *problem)
+        if body.get("stream"):
+            return await _streamed_extraction(note)
         results = {}
         for role, batcher in batchers.items():
             try:
                 t0 = time.perf_counter()
                 gen = await run_in_threadpool(batcher.generate, note, settings)
-                seconds = time.perf_counter() - t0
             except InputError as exc:
-                return _error(422, "too_long", f"{exc}. Shorten the note.")
-            results[role] = {"output": gen.text, "seconds": round(seconds, 3), "stopped": gen.stopped,
-                             "looped": gen.looped, "error": gen.error,
-                             **describe_output(gen.text, note)}
+                return _refused(exc)
+            results[role] = _result(gen, note, time.perf_counter() - t0)
         return {"results": results}
 
+    async def _streamed_extraction(note: str):
+        """One JSON object a line: {"role", "partial"} as each model's answer grows, {"role", "result"}
+        when it is done (the models one after the other), or {"error"} where a model fails midway. A
+        note the first model refuses is a 422, as without streaming."""
+        roles = iter(batchers.items())
+        role, batcher = next(roles)
+        t0 = time.perf_counter()
+        answer = growing(batcher, note, settings)
+        try:
+            first = await anext(answer)
+        except InputError as exc:
+            return _refused(exc)
+
+        async def lines():
+            nonlocal role, answer, t0
+            item = first
+            try:
+                while True:
+                    if isinstance(item, str):
+                        yield json.dumps({"role": role, "partial": item}) + "\n"
+                    else:
+                        yield json.dumps({"role": role, "result": _result(item, note, time.perf_counter() - t0)}) + "\n"
+                        await answer.aclose()
+                        role, batcher = next(roles, (None, None))
+                        if batcher is None:
+                            return
+                        t0, answer = time.perf_counter(), growing(batcher, note, settings)
+                    item = await anext(answer)
+            except Exception as exc:  # noqa: BLE001 - the response has begun: its last line says what failed
+                message = (f"{exc}. Shorten the note." if isinstance(exc, InputError)
+                           else f"The {role} model failed: {exc}")
+                yield json.dumps({"error": {"code": "generation_failed", "message": message}}) + "\n"
+            finally:
+                await answer.aclose()
+
+        return StreamingResponse(lines(), media_type="application/x-ndjson")
+
     return app
+
+
+def _refused(exc: InputError) -> JSONResponse:
+    return _error(422, "too_long", f"{exc}. Shorten the note.")
+
+
+def _result(gen: Generation, note: str, seconds: float) -> dict:
+    return {"output": gen.text, "seconds": round(seconds, 3), "stopped": gen.stopped, "looped": gen.looped,
+            "error": gen.error, **describe_output(gen.text, note)}
 
 
 def serve(host: str, port: int, base: ModelSpec, tuned: ModelSpec | None, groq_base_url: str | None = None,

@@ -2,6 +2,7 @@
 
 import shutil
 import subprocess
+import threading
 
 import pytest
 
@@ -115,6 +116,41 @@ def test_an_invented_drug_turns_the_badge_red_and_is_named(fake_groq):
         assert [marks.nth(i).inner_text() for i in range(marks.count())] == ["Oleg Novak", "61", "pneumonia", "500"]
         assert marks.nth(0).get_attribute("title") == "patient.name"
         screenshot(page, "manual-page-ungrounded-value.png")
+
+
+class _Gated(FakeBackend):
+    """Writes the start of its answer, then waits to be let go before it finishes."""
+
+    def __init__(self, outputs, name):
+        super().__init__(outputs, name)
+        self.go = threading.Event()
+
+    def generate(self, notes, settings, listener=None):
+        for i, note in enumerate(notes):
+            if listener is not None:
+                listener(i, self.outputs[note][:44])
+        assert self.go.wait(60), "the test never let the model finish"
+        return super().generate(notes, settings, listener)
+
+
+def test_the_answer_shows_while_it_is_written_then_is_checked():
+    """The page streams: the start of an answer shows before the model has finished (no verdict yet),
+    and the checked result replaces it when it has."""
+    answer = dumps(SEED[0].expected)
+    tuned = _Gated({SEED[0].note: answer}, "tuned")
+    app = create_app({"tuned": tuned}, Transcriber(api_key=None))
+    with running(app) as url, browser() as b:
+        page = b.new_page(viewport={"width": 1200, "height": 900})
+        page.goto(url)
+        page.fill("#note", SEED[0].note)
+        page.click("#extract")
+        page.wait_for_function(f"(document.getElementById('json-tuned') || {{}}).textContent === {answer[:44]!r}")
+        assert "writing" in page.inner_text("#result-tuned h3") and page.locator("#valid-tuned").count() == 0
+        screenshot(page, "manual-page-while-writing.png")
+        tuned.go.set()
+        page.wait_for_selector("#valid-tuned")
+        assert page.inner_text("#valid-tuned") == "schema v1 valid · every value in the note"
+        assert page.locator(".result").count() == 1 and "writing" not in page.inner_text("#result-tuned h3")
 
 
 def test_without_a_key_dictation_is_disabled_with_a_reason(monkeypatch):

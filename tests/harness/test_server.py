@@ -7,6 +7,7 @@ import groq
 import httpx
 import pytest
 
+from harness.errors import InputError
 from harness.models import FakeBackend
 from harness.schema import dumps
 from harness.server import create_app
@@ -107,6 +108,50 @@ def test_extract_shows_json_validity_checks_and_both_models():
     rules = {c["rule"]: c for c in tuned["checks"]}
     assert rules["medication entries"]["detail"] == "2 entries" and rules["age"]["detail"] == "48"
     assert not base["schema_valid"] and not base["strict_json"]
+
+
+class _Failing(FakeBackend):
+    def __init__(self, error: Exception, name: str):
+        super().__init__(name=name)
+        self.error = error
+
+    def generate(self, notes, settings, listener=None):
+        raise self.error
+
+
+def _lines(url, note):
+    with httpx.stream("POST", f"{url}/api/extract", json={"note": note, "stream": True}, timeout=30) as resp:
+        assert resp.status_code == 200 and resp.headers["content-type"] == "application/x-ndjson"
+        return [json.loads(line) for line in resp.iter_lines() if line]
+
+
+def test_a_streamed_extraction_shows_each_answer_as_it_grows_then_the_same_result():
+    """The page's stream: each model's answer as it grows, then its result, model after model; the
+    results are those a plain request gets."""
+    text = dumps(SEED[2].expected)
+    tuned = FakeBackend({SEED[2].note: text}, name="tuned", pieces=4)
+    base = FakeBackend(lambda note: "Sure! {}", name="base", pieces=2)
+    with running(create_app({"tuned": tuned, "base": base}, Transcriber(api_key=None))) as url:
+        whole = httpx.post(f"{url}/api/extract", json={"note": SEED[2].note}).json()["results"]
+        lines = _lines(url, SEED[2].note)
+    assert [(m["role"], "result" if "result" in m else m["partial"]) for m in lines] == [
+        *[("tuned", text[:len(text) * k // 4]) for k in range(1, 5)], ("tuned", "result"),
+        ("base", "Sure"), ("base", "Sure! {}"), ("base", "result")]
+    streamed = {m["role"]: {k: v for k, v in m["result"].items() if k != "seconds"} for m in lines if "result" in m}
+    assert streamed == {role: {k: v for k, v in r.items() if k != "seconds"} for role, r in whole.items()}
+
+
+def test_a_streamed_extraction_refuses_a_note_before_it_starts_and_says_what_failed_after():
+    refusing = _Failing(InputError("the note is too long: 9000 prompt tokens"), "tuned")
+    tuned = FakeBackend({SEED[0].note: dumps(SEED[0].expected)}, name="tuned")
+    with running(create_app({"tuned": refusing}, Transcriber(api_key=None))) as url:
+        resp = httpx.post(f"{url}/api/extract", json={"note": SEED[0].note, "stream": True})
+        assert resp.status_code == 422 and resp.json()["error"]["code"] == "too_long"
+    broken = _Failing(RuntimeError("out of memory"), "base")
+    with running(create_app({"tuned": tuned, "base": broken}, Transcriber(api_key=None))) as url:
+        lines = _lines(url, SEED[0].note)
+    assert lines[-2]["role"] == "tuned" and "result" in lines[-2]
+    assert lines[-1] == {"error": {"code": "generation_failed", "message": "The base model failed: out of memory"}}
 
 
 @pytest.mark.parametrize("payload, status, code", [
