@@ -33,6 +33,7 @@ from harness.grammar import grammar_for
 from harness.models import Generation, GenerationSettings
 from harness.prompt import PROMPTS, SYSTEM_PROMPT
 from harness.schema import SCHEMA
+from harness.server import note_problem, refused
 
 
 class RequestError(Exception):
@@ -46,8 +47,6 @@ class RequestError(Exception):
 
 
 def openai_routes(batchers: Mapping[str, Batcher], settings: GenerationSettings) -> APIRouter:
-    from harness.server import note_problem
-
     router = APIRouter(prefix="/v1")
     started = int(time.time())
 
@@ -104,7 +103,7 @@ class _Answer:
             raise self._refused(exc) from None
 
     def _refused(self, exc: InputError) -> RequestError:
-        return RequestError(422, "too_long", f"{exc}. Shorten the note.", self.where)
+        return RequestError(422, "too_long", refused(exc), self.where)
 
     async def stream(self, role: str, kind: str, usage: bool) -> StreamingResponse:
         answer = growing(self.batcher, self.note, self.settings)

@@ -39,6 +39,11 @@ def note_problem(note: str) -> tuple[str, str] | None:
     return None
 
 
+def refused(exc: InputError) -> str:
+    """What a client is told of a note the model refuses (too long for its context)."""
+    return f"{exc}. Shorten the note."
+
+
 def create_app(models: Mapping[str, Backend], transcriber: Transcriber,
                settings: GenerationSettings = GenerationSettings()) -> FastAPI:
     """`models` maps a role ('tuned', 'base') to a loaded backend; the first is the main answer."""
@@ -105,33 +110,29 @@ def create_app(models: Mapping[str, Backend], transcriber: Transcriber,
         """One JSON object a line: {"role", "partial"} as each model's answer grows, {"role", "result"}
         when it is done (the models one after the other), or {"error"} where a model fails midway. A
         note the first model refuses is a 422, as without streaming."""
-        roles = iter(batchers.items())
-        role, batcher = next(roles)
+        order = list(batchers.items())
         t0 = time.perf_counter()
-        answer = growing(batcher, note, settings)
+        answer = growing(order[0][1], note, settings)
         try:
-            first = await anext(answer)
+            item = await anext(answer)
         except InputError as exc:
             return _refused(exc)
 
         async def lines():
-            nonlocal role, answer, t0
-            item = first
+            nonlocal answer, item, t0
+            role = order[0][0]
             try:
-                while True:
-                    if isinstance(item, str):
-                        yield json.dumps({"role": role, "partial": item}) + "\n"
-                    else:
-                        yield json.dumps({"role": role, "result": _result(item, note, time.perf_counter() - t0)}) + "\n"
-                        await answer.aclose()
-                        role, batcher = next(roles, (None, None))
-                        if batcher is None:
-                            return
+                for k, (role, batcher) in enumerate(order):
+                    if k:
                         t0, answer = time.perf_counter(), growing(batcher, note, settings)
-                    item = await anext(answer)
+                        item = await anext(answer)
+                    while isinstance(item, str):
+                        yield json.dumps({"role": role, "partial": item}) + "\n"
+                        item = await anext(answer)
+                    yield json.dumps({"role": role, "result": _result(item, note, time.perf_counter() - t0)}) + "\n"
+                    await answer.aclose()
             except Exception as exc:  # noqa: BLE001 - the response has begun: its last line says what failed
-                message = (f"{exc}. Shorten the note." if isinstance(exc, InputError)
-                           else f"The {role} model failed: {exc}")
+                message = refused(exc) if isinstance(exc, InputError) else f"The {role} model failed: {exc}"
                 yield json.dumps({"error": {"code": "generation_failed", "message": message}}) + "\n"
             finally:
                 await answer.aclose()
@@ -142,7 +143,7 @@ def create_app(models: Mapping[str, Backend], transcriber: Transcriber,
 
 
 def _refused(exc: InputError) -> JSONResponse:
-    return _error(422, "too_long", f"{exc}. Shorten the note.")
+    return _error(422, "too_long", refused(exc))
 
 
 def _result(gen: Generation, note: str, seconds: float) -> dict:
