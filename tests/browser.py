@@ -34,6 +34,14 @@ def browser(extra_args: list[str] = ()):
             b.close()
 
 
+def shows(locator, count: int) -> None:
+    """Wait (Playwright's 5 s) until `locator` matches `count` elements. A filter set from a link's hash is applied
+    by the page's hashchange handler, after the click that followed the link has returned."""
+    from playwright.sync_api import expect
+
+    expect(locator).to_have_count(count)
+
+
 def screenshot(page, name: str) -> Path:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     path = ARTIFACTS / name

@@ -11,7 +11,7 @@ from harness.report import gate_lines, render_report, scenario_rows, taxonomy, w
 from harness.schema import dumps
 from harness.suite import Suite, SuiteOptions, write_summary
 from scenarios import CURATED, SEED
-from tests.browser import browser, screenshot
+from tests.browser import browser, screenshot, shows
 
 HTML_CASE = next(c for c in CURATED if c.id == "html-in-note")
 
@@ -146,7 +146,8 @@ def test_report_in_headless_chromium_reads_filters_and_keeps_script_as_text(tmp_
         view = page.url
         page.goto("about:blank")
         page.goto(view)  # the view lives in the link
-        assert page.locator(rows).count() == 1 and page.input_value("#text-filter") == "tariq"
+        shows(page.locator(rows), 1)
+        assert page.input_value("#text-filter") == "tariq"
         page.locator(rows).first.locator("summary").click()
         opened = page.locator(".scenario-row[open] .body")
         assert "invented keys: symptoms" in opened.inner_text()  # opened: the field diff and what was wrong
@@ -157,7 +158,8 @@ def test_report_in_headless_chromium_reads_filters_and_keeps_script_as_text(tmp_
         # a count in the error taxonomy links to its scenarios
         page.locator('#taxonomy .card[data-role="tuned:free"] a', has_text="no_invented_keys").click()
         failing = "r => r.filter(x => x.dataset.failed.includes('|no_invented_keys|')).length"
-        assert page.locator(rows).count() == 2 == page.locator(rows).evaluate_all(failing)
+        shows(page.locator(rows), 2)
+        assert page.locator(rows).evaluate_all(failing) == 2
         for width in (1400, 1024):
             page.set_viewport_size({"width": width, "height": 900})
             page.goto((folder / "report.html").as_uri())
