@@ -343,7 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base-model", default="embedded")
     p.add_argument("--restart", action="store_true", help="ignore checkpoints in --out and start over")
     for name, kind in (("learning-rate", float), ("max-steps", int), ("epochs", float), ("batch-size", int),
-                       ("grad-accum", int), ("eval-steps", int), ("rank", int), ("alpha", int), ("seed", int)):
+                       ("grad-accum", int), ("eval-steps", int), ("rank", int), ("alpha", int), ("dropout", float),
+                       ("seed", int)):
         p.add_argument(f"--{name}", type=kind, default=None, help="override the profile's value")
     p.add_argument("--loraplus-ratio", type=float, default=None,
                    help="LoRA+: the B matrices' learning rate as a multiple of --learning-rate (default: off)")
