@@ -3,7 +3,9 @@
 One worker thread owns the backend (a model is never called from two threads at once). A batch
 starts a moment after its first request arrives and takes every request then waiting that shares
 its generation settings; requests that arrive while it runs go together into the next one. Outputs
-do not depend on the batch (harness.numerics), so a client gets the answer it would get alone.
+do not depend on the batch (harness.numerics), so a client gets the answer it would get alone. A
+streamed request whose reader has gone (`growing` closed) is dropped before its batch starts, or
+stopped where its decoding stands, so it costs the requests beside it nothing more.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ class _Request:
     note: str
     settings: GenerationSettings
     listener: Callable[[str], None] | None = None
+    gone: threading.Event = field(default_factory=threading.Event)  # set: nobody wants the answer any more
     future: Future = field(default_factory=Future)
 
 
@@ -36,12 +39,13 @@ class Batcher:
         self.batches: list[int] = []  # the size of every batch run, for tests and benchmarks
         threading.Thread(target=self._work, name="sunrise-batcher", daemon=True).start()
 
-    def generate(self, note: str, settings: GenerationSettings,
-                 listener: Callable[[str], None] | None = None) -> Generation:
+    def generate(self, note: str, settings: GenerationSettings, listener: Callable[[str], None] | None = None,
+                 gone: threading.Event | None = None) -> Generation:
         """One note's generation, batched with whatever else is waiting; raises what the backend raised
         for this note (InputError for a note it refuses). `listener` gets the answer so far as it grows,
-        from the worker thread."""
-        request = _Request(note, settings, listener)
+        from the worker thread. Setting `gone` says nobody wants the answer any more: a request not yet
+        started is dropped (CancelledError), one being decoded stops where it stands."""
+        request = _Request(note, settings, listener, gone or threading.Event())
         with self._wake:
             self._pending.append(request)
             self._wake.notify()
@@ -52,6 +56,11 @@ class Batcher:
             with self._wake:
                 self._wake.wait_for(lambda: self._pending)
                 self._wake.wait_for(lambda: len(self._pending) >= self.max_batch, timeout=self.window_s)
+                for dropped in (p for p in self._pending if p.gone.is_set()):
+                    dropped.future.cancel()
+                self._pending = [p for p in self._pending if not p.gone.is_set()]
+                if not self._pending:
+                    continue
                 settings = self._pending[0].settings
                 batch = [p for p in self._pending if p.settings == settings][:self.max_batch]
                 self._pending = [p for p in self._pending if all(p is not b for b in batch)]
@@ -61,9 +70,10 @@ class Batcher:
     def _run(self, batch: list[_Request], settings: GenerationSettings) -> None:
         listeners = [request.listener for request in batch]
 
-        def listener(i: int, text: str) -> None:
+        def listener(i: int, text: str) -> bool:
             if listeners[i] is not None:
                 listeners[i](text)
+            return batch[i].gone.is_set()
 
         try:
             # Only where a request streams: decoding each step's text for a listener costs time.
@@ -91,8 +101,9 @@ async def growing(batcher: Batcher, note: str, settings: GenerationSettings) -> 
     response can still answer with an error."""
     loop = asyncio.get_running_loop()
     pieces: asyncio.Queue[str] = asyncio.Queue()
+    gone = threading.Event()
     done = asyncio.ensure_future(asyncio.to_thread(
-        batcher.generate, note, settings, lambda text: loop.call_soon_threadsafe(pieces.put_nowait, text)))
+        batcher.generate, note, settings, lambda text: loop.call_soon_threadsafe(pieces.put_nowait, text), gone))
     waiting = asyncio.ensure_future(pieces.get())
     try:
         while True:
@@ -107,6 +118,8 @@ async def growing(batcher: Batcher, note: str, settings: GenerationSettings) -> 
         yield done.result()
     finally:
         waiting.cancel()
+        gone.set()  # a reader that stopped early (a closed stream) wants no more of this answer
+        done.add_done_callback(lambda f: f.cancelled() or f.exception())  # its end then is nobody's to read
 
 
 def _whole_characters(text: str) -> str:

@@ -191,7 +191,7 @@ def greedy_decode(model, rows: list[list[int]], bounds: list[int], stop_ids: lis
                   ignored: frozenset[int], constraint: BatchConstraint | None = None,
                   written: list[list[int]] | None = None, lookahead: bool = False,
                   answers: Sequence[list[int]] = (), references: Sequence[list[int]] = (),
-                  on_tokens: Callable[[int, list[int]], None] | None = None) -> list[Decoded]:
+                  on_tokens: Callable[[int, list[int]], bool | None] | None = None) -> list[Decoded]:
     """Decode `rows` (token ids of prompts) together; row i gets at most `bounds[i]` new tokens and
     stops where it repeats itself (`repeats`, whitespace tokens `ignored`). `written[i]`: new tokens
     row i already has (which its matcher has consumed); decoding goes on after them, and they count
@@ -205,7 +205,8 @@ def greedy_decode(model, rows: list[list[int]], bounds: list[int], stop_ids: lis
     (harness.numerics), which the caller checks.
 
     `on_tokens(i, tokens)`: called after each step for every row i that took tokens in it, with all
-    of the row's new tokens so far (a server streams them)."""
+    of the row's new tokens so far (a server streams them). Where it returns True, nobody reads the row
+    any more (a client closed its stream): the row stops there, as at its bound."""
     import torch
 
     from harness.kv_cache import GrowingLayer, growing_cache
@@ -289,7 +290,8 @@ def greedy_decode(model, rows: list[list[int]], bounds: list[int], stop_ids: lis
                 going = agreeing
             if on_tokens is not None:
                 for row in sorted(grew):
-                    on_tokens(row, tokens[row])
+                    if on_tokens(row, tokens[row]):
+                        ends.pop(active.index(row), None)
             grew.clear()
             keep = sorted(ends)
             if not keep:

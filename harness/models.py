@@ -140,8 +140,10 @@ class Generation:
 
 
 # Called with a note's index and its answer so far, as the answer grows (a server streams it); the
-# Generation returned is the whole answer all the same.
-Listener = Callable[[int, str], None]
+# Generation returned is the whole answer all the same, unless the listener returns True: nobody reads
+# that note's answer any more (its client closed the stream), and the backend stops it where it stands,
+# as at its bound.
+Listener = Callable[[int, str], bool | None]
 
 
 class Backend(Protocol):
@@ -195,9 +197,12 @@ class FakeBackend:
         out = []
         for i, note in enumerate(notes):
             text = self.outputs(note) if callable(self.outputs) else self.outputs.get(note, dumps(empty_summary()))
+            stopped = True
             for k in range(1, self.pieces + 1) if listener is not None else ():
-                listener(i, text[:len(text) * k // self.pieces])
-            out.append(Generation(text=text, seconds=0.0, new_tokens=len(text.split()), stopped=True))
+                if listener(i, text[:len(text) * k // self.pieces]) and k < self.pieces:
+                    text, stopped = text[:len(text) * k // self.pieces], False  # nobody reads the rest
+                    break
+            out.append(Generation(text=text, seconds=0.0, new_tokens=len(text.split()), stopped=stopped))
         return out
 
 
@@ -607,8 +612,8 @@ class HFBackend:
                 written, constraint = [free[i][0][:agreed[i]] for i in todo], constraint.rows(todo)
                 references = [free[i][0] for i in todo]
 
-        def on_tokens(r: int, tokens: list[int]) -> None:
-            listener(todo[r], self.tokenizer.decode(tokens, skip_special_tokens=True))
+        def on_tokens(r: int, tokens: list[int]) -> bool | None:
+            return listener(todo[r], self.tokenizer.decode(tokens, skip_special_tokens=True))
 
         if todo:
             decoded.update(zip(todo, greedy_decode(self.model, [rows[i] for i in todo], [limits[i] for i in todo],

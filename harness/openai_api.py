@@ -3,7 +3,7 @@
 can use an adapter without importing Python. Always greedy. With `stream: true` the answer comes as
 server-sent events while it is decoded, a piece each decoding step (batched with other requests as
 ever); `stream_options: {"include_usage": true}` adds the usage chunk. A client that closes its
-stream stops reading, not the batch its note is decoded in.
+stream stops its note's decoding where it stands (harness.batcher), not the batch's other notes.
 
 A chat request is one note: one user message, after no system message, the one the adapter was
 trained with, or the engineered zero-shot prompt (harness.prompt). A completions request is one
@@ -25,7 +25,7 @@ from dataclasses import replace
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 
 from harness.batcher import Batcher, growing
 from harness.errors import InputError
@@ -33,7 +33,7 @@ from harness.grammar import grammar_for
 from harness.models import Generation, GenerationSettings
 from harness.prompt import PROMPTS, SYSTEM_PROMPT
 from harness.schema import SCHEMA
-from harness.server import note_problem, refused
+from harness.server import ClosingStream, note_problem, refused
 
 
 class RequestError(Exception):
@@ -105,7 +105,7 @@ class _Answer:
     def _refused(self, exc: InputError) -> RequestError:
         return RequestError(422, "too_long", refused(exc), self.where)
 
-    async def stream(self, role: str, kind: str, usage: bool) -> StreamingResponse:
+    async def stream(self, role: str, kind: str, usage: bool) -> ClosingStream:
         answer = growing(self.batcher, self.note, self.settings)
         try:
             first = await anext(answer)
@@ -139,7 +139,7 @@ class _Answer:
                 yield event({**head, "choices": [], "usage": _usage(item)})
             yield "data: [DONE]\n\n"
 
-        return StreamingResponse(events(), media_type="text/event-stream")
+        return ClosingStream(events(), media_type="text/event-stream")
 
 
 def _head(role: str, kind: str) -> dict:

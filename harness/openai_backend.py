@@ -185,7 +185,8 @@ class OpenAIBackend:
             return list(pool.map(lambda i: self._one(notes[i], settings, listener and (
                 lambda text: listener(i, text))), range(len(notes))))
 
-    def _one(self, note: str, settings: GenerationSettings, report: Callable[[str], None] | None) -> Generation:
+    def _one(self, note: str, settings: GenerationSettings,
+             report: Callable[[str], bool | None] | None) -> Generation:
         import openai
 
         t0 = time.perf_counter()
@@ -243,10 +244,11 @@ def _whole(response) -> _Answer:
                    response.usage.completion_tokens if response.usage else len(text.split()))
 
 
-def _streamed(stream, cut: bool, report: Callable[[str], None] | None = None) -> _Answer:
+def _streamed(stream, cut: bool, report: Callable[[str], bool | None] | None = None) -> _Answer:
     """The answer a stream of chat or completion chunks spells; with `cut`, up to where it starts
     repeating itself, the stream closed there (which stops the server's generation). `report` gets
-    the answer so far after each piece."""
+    the answer so far after each piece; where it returns True (nobody reads the answer any more), the
+    stream is closed there too."""
     watch, pieces, looped, finish, counted = LoopWatch(), [], False, None, None
     with stream:
         for chunk in stream:
@@ -260,8 +262,8 @@ def _streamed(stream, cut: bool, report: Callable[[str], None] | None = None) ->
                     looped = looped or loop_at is not None
                     if loop_at is not None and cut:
                         return _Answer("".join(pieces)[:loop_at], False, len(pieces), True)
-                    if report is not None:
-                        report("".join(pieces))
+                    if report is not None and report("".join(pieces)):
+                        return _Answer("".join(pieces), False, len(pieces), looped)
                 finish = choice.finish_reason or finish
     if finish is None:
         raise ValueError("the stream ended before the answer did")

@@ -39,6 +39,19 @@ def note_problem(note: str) -> tuple[str, str] | None:
     return None
 
 
+class ClosingStream(StreamingResponse):
+    """A streamed response whose body is closed however the response ends. A client that goes away
+    cancels the sending, which can leave the body's async generator at a yield, closed only when it is
+    garbage-collected (seconds later, or never); closed here at once, its answers' `growing` tell the
+    batcher that nobody reads them, and their decoding stops."""
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.body_iterator.aclose()
+
+
 def refused(exc: InputError) -> str:
     """What a client is told of a note the model refuses (too long for its context)."""
     return f"{exc}. Shorten the note."
@@ -137,7 +150,7 @@ def create_app(models: Mapping[str, Backend], transcriber: Transcriber,
             finally:
                 await answer.aclose()
 
-        return StreamingResponse(lines(), media_type="application/x-ndjson")
+        return ClosingStream(lines(), media_type="application/x-ndjson")
 
     return app
 

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from harness.server import ClosingStream
+
 KEY = "sk-test-0123456789-secret"
 MODELS = ("served-base", "cand")
 
@@ -105,7 +107,7 @@ class FakeOpenAI:
 
         return app
 
-    def _stream(self, body: dict, text: str, chat: bool) -> StreamingResponse:
+    def _stream(self, body: dict, text: str, chat: bool) -> ClosingStream:
         """`text` as OpenAI's chunks: content pieces, an empty one with the finish reason, the usage where
         `stream_options` asks for it, then [DONE]."""
         kind = "chat.completion.chunk" if chat else "text_completion"
@@ -117,7 +119,7 @@ class FakeOpenAI:
                      "choices": [] if usage else [choice], **({"usage": usage} if usage else {})}
             return f"data: {json.dumps(event)}\n\n"
 
-        async def events():  # async, so that a client closing the stream cancels it (Starlette)
+        async def events():  # async, so that a client closing the stream stops it
             sent = 0
             try:
                 for start in range(0, len(text), self.chunk_chars):
@@ -133,7 +135,7 @@ class FakeOpenAI:
             finally:
                 self.streamed.append(sent)
 
-        return StreamingResponse(events(), media_type="text/event-stream")
+        return ClosingStream(events(), media_type="text/event-stream")  # closed as the client goes, it records then
 
 
 def _error(status, message, kind, code, headers=None):

@@ -234,6 +234,28 @@ def test_finished_rows_cost_no_further_compute(backend):
 
 
 @pytest.mark.slow
+def test_a_row_nobody_reads_stops_where_it_stands_and_the_others_go_on(backend):
+    """`on_tokens` answering True for a row (its client closed the stream) ends that row there: it is not
+    computed again, and the other rows give what they give alone."""
+    rows = backend.encode([c.note for c in SEED[:3]])
+    alone = decode(backend, rows, [20, 20, 20])
+    sizes = []
+    hook = backend.model.register_forward_pre_hook(
+        lambda _m, _a, kw: sizes.append(kw["input_ids"].shape[0]), with_kwargs=True)
+    try:
+        out = greedy_decode(backend.model, rows, [20, 20, 20], backend.stop_ids, backend.tokenizer.pad_token_id,
+                            backend.whitespace_tokens(), on_tokens=lambda i, tokens: i == 1 and len(tokens) >= 3)
+    finally:
+        hook.remove()
+    assert out[1].tokens == alone[1].tokens[:3] and not out[1].stopped and len(alone[1].tokens) > 3
+    assert [out[0].tokens, out[2].tokens] == [alone[0].tokens, alone[2].tokens]
+    assert sum(sizes[1:]) == sum(len(d.tokens) + d.stopped for d in out)  # the row was not computed again
+    whole, cut = (backend.generate([SEED[0].note], GenerationSettings(), listener=listener)[0]
+                  for listener in (None, lambda i, text: len(text) >= 12))  # the listener a server gives
+    assert whole.text.startswith(cut.text) and 12 <= len(cut.text) < len(whole.text) and not cut.stopped
+
+
+@pytest.mark.slow
 def test_the_growing_cache_gives_dynamic_caches_logits(backend):
     """harness.kv_cache writes in place what transformers' DynamicCache concatenates: the same logits, to
     the bit, over a left-padded prefill, decode steps that outgrow its buffer, and a row leaving the batch."""

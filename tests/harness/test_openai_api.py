@@ -18,6 +18,7 @@ from harness.server import create_app
 from harness.settings import REFERENCE_ADAPTER
 from harness.transcribe import Transcriber
 from scenarios import SEED
+from tests.fakes.paced import Paced
 from tests.fakes.servers import running
 
 
@@ -129,6 +130,24 @@ def test_a_streamed_answer_is_the_answer_in_pieces_with_its_finish_and_usage(ser
     plain = list(client.chat.completions.create(model="tuned", messages=messages(SEED[1].note), stream=True))
     assert all(c.usage is None for c in plain)
     assert "".join(c.choices[0].delta.content or "" for c in plain) == dumps(SEED[1].expected)
+
+
+def test_a_client_that_closes_its_stream_stops_its_answer():
+    """The SDK reads one chunk and closes the stream: the server stops decoding that answer where it stands
+    (the backend is told to, and gives no further pieces), and serves the next request as before."""
+    backend = Paced({SEED[0].note: dumps(SEED[0].expected)}, pieces=40, seconds=0.05)
+    app = create_app({"tuned": backend}, Transcriber(api_key=None), GenerationSettings())
+    with running(app) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        stream = client.chat.completions.create(model="tuned", messages=messages(SEED[0].note), stream=True)
+        assert next(iter(stream)).choices[0].delta.content
+        stream.close()
+        assert backend.finished.wait(10)
+        told = [stop for _, stop in backend.told]
+        assert told[-1] and len(told) < 40 and not backend.generations[SEED[0].note].stopped
+        backend.finished.clear()
+        answer = client.chat.completions.create(model="tuned", messages=messages(SEED[0].note))
+        assert answer.choices[0].message.content == dumps(SEED[0].expected)
 
 
 def test_a_user_message_alone_is_answered_with_the_trained_prompt(served):

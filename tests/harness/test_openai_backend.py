@@ -74,6 +74,20 @@ def test_a_looping_answer_is_cut_where_it_starts_repeating_and_its_stream_closed
     assert got[1].new_tokens == whole_stream  # the server's count (the fake's: a chunk a token)
 
 
+def test_a_listener_that_wants_no_more_closes_the_stream(fake):
+    """A listener answering True (its reader has gone, as `sunrise serve` in front of this backend says)
+    closes the note's stream where it stands: the server stops sending, the note is not finished."""
+    fake.answers[NOTES[0]], fake.chunk_delay = dumps(SEED[0].expected) * 50, 0.001
+    heard = []
+    got = backend(fake, concurrency=1).generate(NOTES[:1], GenerationSettings(),
+                                                lambda i, text: heard.append(text) or len(heard) == 3)
+    assert got[0].text == heard[-1] and len(heard) == 3 and not got[0].stopped and got[0].error is None
+    deadline = time.monotonic() + 10
+    while not fake.streamed and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert fake.streamed and fake.streamed[0] < 1000, fake.streamed  # of 2,688 chunks
+
+
 def test_a_constrained_answer_is_never_cut_only_marked(fake):
     """A grammar, not the cut, has to close a constrained answer: it is read to its end."""
     looping = '{"reasonCode":[' + '{"text":"temp"},' * 20 + '{"text":"x"}]}'

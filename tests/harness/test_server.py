@@ -2,6 +2,7 @@
 
 import concurrent.futures
 import json
+import time
 
 import groq
 import httpx
@@ -14,6 +15,7 @@ from harness.server import create_app
 from harness.transcribe import Transcriber
 from scenarios import SEED
 from tests.fakes.groq import KEY
+from tests.fakes.paced import Paced
 from tests.fakes.servers import free_port, running
 
 WEBM = b"\x1aE\xdf\xa3" + b"\x00" * 2000  # an EBML header, as MediaRecorder's webm starts
@@ -139,6 +141,21 @@ def test_a_streamed_extraction_shows_each_answer_as_it_grows_then_the_same_resul
         ("base", "Sure"), ("base", "Sure! {}"), ("base", "result")]
     streamed = {m["role"]: {k: v for k, v in m["result"].items() if k != "seconds"} for m in lines if "result" in m}
     assert streamed == {role: {k: v for k, v in r.items() if k != "seconds"} for role, r in whole.items()}
+
+
+def test_a_page_that_closes_its_stream_stops_the_answer_and_asks_no_further_model():
+    """The page left mid-answer (a closed tab): the tuned model's answer stops where it stands, and the base
+    model is never asked."""
+    tuned = Paced({SEED[2].note: dumps(SEED[2].expected)}, pieces=40, seconds=0.05)
+    base = Paced({SEED[2].note: "Sure! {}"})
+    with running(create_app({"tuned": tuned, "base": base}, Transcriber(api_key=None))) as url:
+        with httpx.stream("POST", f"{url}/api/extract", json={"note": SEED[2].note, "stream": True}) as resp:
+            assert "partial" in json.loads(next(resp.iter_lines()))
+        assert tuned.finished.wait(10)
+        told = [stop for _, stop in tuned.told]
+        assert told[-1] and len(told) < 40 and not tuned.generations[SEED[2].note].stopped
+        time.sleep(0.3)
+        assert base.calls == []
 
 
 def test_a_streamed_extraction_refuses_a_note_before_it_starts_and_says_what_failed_after():
