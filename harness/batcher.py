@@ -56,9 +56,14 @@ class Batcher:
             with self._wake:
                 self._wake.wait_for(lambda: self._pending)
                 self._wake.wait_for(lambda: len(self._pending) >= self.max_batch, timeout=self.window_s)
-                for dropped in (p for p in self._pending if p.gone.is_set()):
-                    dropped.future.cancel()
-                self._pending = [p for p in self._pending if not p.gone.is_set()]
+                # One look at each request: a reader leaving between two looks would leave its future unresolved.
+                waiting = []
+                for request in self._pending:
+                    if request.gone.is_set():
+                        request.future.cancel()
+                    else:
+                        waiting.append(request)
+                self._pending = waiting
                 if not self._pending:
                     continue
                 settings = self._pending[0].settings

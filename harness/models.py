@@ -199,8 +199,9 @@ class FakeBackend:
             text = self.outputs(note) if callable(self.outputs) else self.outputs.get(note, dumps(empty_summary()))
             stopped = True
             for k in range(1, self.pieces + 1) if listener is not None else ():
-                if listener(i, text[:len(text) * k // self.pieces]) and k < self.pieces:
-                    text, stopped = text[:len(text) * k // self.pieces], False  # nobody reads the rest
+                piece = text[:len(text) * k // self.pieces]
+                if listener(i, piece) and k < self.pieces:
+                    text, stopped = piece, False  # nobody reads the rest
                     break
             out.append(Generation(text=text, seconds=0.0, new_tokens=len(text.split()), stopped=stopped))
         return out
