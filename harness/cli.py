@@ -354,7 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "off where an unquantised copy of the base does not fit in memory)")
     p.add_argument("--split-quotes", choices=get_args(QuoteSplit), default=None,
                    help="tokenise the answers' closing quotes (closers), and the opening quotes of values too "
-                        "(all), on their own (default: all; see README)")
+                        "(all), or of name and gender only (nullable), on their own (default: the profile's; see "
+                        "README)")
     p.add_argument("--check-notes", type=_non_negative, default=None,
                    help="held-out test notes the numerics check generates under each (full: 30; 0: loss only)")
     p.add_argument("--share-dropout-masks", action=argparse.BooleanOptionalAction, default=None,

@@ -33,9 +33,12 @@ IGNORE = -100  # label value the loss skips
 
 
 # Where the answers are cut before BPE (encode_example): a string's closing quote before the bracket that
-# follows it, and a key's colon before the opening quote of its value.
+# follows it, and a key's colon before the opening quote of its value (of any key, or of the keys whose
+# value may be null instead of a string).
 _CLOSER, _OPENER = r'(?<=")(?=[}\]])', r'(?<=":)(?=")'
-QUOTE_SPLITS = {"none": None, "closers": re.compile(_CLOSER), "all": re.compile(f"{_CLOSER}|{_OPENER}")}
+_NULLABLE_OPENER = r'(?<="name":)(?=")|(?<="gender":)(?=")'
+QUOTE_SPLITS = {"none": None, "closers": re.compile(_CLOSER), "all": re.compile(f"{_CLOSER}|{_OPENER}"),
+                "nullable": re.compile(f"{_CLOSER}|{_NULLABLE_OPENER}")}
 
 
 def encode_example(tokenizer, note: str, answer: str, split_quotes: str = "none",
@@ -53,6 +56,9 @@ def encode_example(tokenizer, note: str, answer: str, split_quotes: str = "none"
       ends the key also decides whether the value is null. Trained that way, adapters wrote a name
       for every note without one, training notes included (README, "The reference adapter"). Split,
       every key ends in '":' and the value's first token decides, as it always did for the age.
+    - "nullable", closers and the openers of the string values that may be null (name, gender): the
+      decisions "all" moves, without changing how the other values (reasons, medications, units)
+      are written, which briefly trained adapters had learned to close (README, "The quick profile").
     `split_note_spaces` cuts the note at its spaces (harness.prompt.prompt_ids), so a value's first word
     is in the note as the answer writes it.
     """

@@ -56,7 +56,7 @@ def _dataset_cases():
     pytest.param(_dataset_cases, id="dataset-splits", marks=pytest.mark.slow),  # 600 answers
 ])
 @pytest.mark.parametrize("decoding", ["schema", "grounded"])
-@pytest.mark.parametrize("split_quotes", ["none", "closers", "all"])
+@pytest.mark.parametrize("split_quotes", ["none", "closers", "all", "nullable"])
 def test_the_constraint_never_forbids_the_truth(tokenizer, constraint_tokenizer, decoding, cases, split_quotes):
     """Every expected summary of the seed, curated and test scenarios and of the dataset's train, val
     and test splits passes the mask token by token, as training tokenises it (each way), through

@@ -30,8 +30,9 @@ def test_profiles_and_overrides_validate():
         TrainConfig(split_quotes="openers")
     # The reference recipe ends with the numerics check; the main job's quick profile does not pay for it.
     assert profile("full").check_numerics and profile("full").check_notes > 0 and not profile("quick").check_numerics
-    # Split openers pay off over the full profile's steps, not the quick profile's 48 (README).
-    assert (profile("full").split_quotes, profile("quick").split_quotes) == ("all", "closers")
+    # Every opener split pays off over the full profile's steps; the quick profile's 48 gain from those of
+    # the values that may be null only (README).
+    assert (profile("full").split_quotes, profile("quick").split_quotes) == ("all", "nullable")
     # The reference recipe reads notes cut at their spaces; the quick profile's 48 steps gain nothing from it.
     assert profile("full").split_note_spaces and not profile("quick").split_note_spaces
     # Both profiles add the MLP linears to the study's attention-only LoRA (the library default, below).
@@ -269,7 +270,7 @@ def test_split_quotes_keep_the_text_and_give_each_deciding_quote_its_own_token(t
 
     bpe = pieces("none")
     assert closers(bpe) and openers(bpe)  # BPE's own tokenisation merges both kinds of quote
-    for split in ("closers", "all"):
+    for split in ("closers", "all", "nullable"):
         assert "".join(pieces(split)) == answer + "<|im_end|>"
         assert not closers(pieces(split))
     assert openers(pieces("closers"))
@@ -277,6 +278,14 @@ def test_split_quotes_keep_the_text_and_give_each_deciding_quote_its_own_token(t
     # Every key now ends in the same '":' token, before null and before a string alike.
     keys = [t for t in pieces("all") if t.endswith(":")]
     assert set(keys) == {'":'} and len(keys) == answer.count('":')
+    # "nullable": only the keys whose value may be null (name, gender) end so; the others keep BPE's merges.
+    nullable = pieces("nullable")
+    assert openers(nullable) == openers(pieces("closers"))[1:]  # the name's '":"' was the first
+    def after(tokens, key):
+        return tokens[tokens.index(key) + 1:][:2]
+
+    assert after(nullable, "name") == ['":', '"'] and after(nullable, "gender") == ['":', "null"]
+    assert after(pieces("closers"), "name") == ['":"', "Mary"]
 
 
 @pytest.mark.slow
