@@ -184,12 +184,12 @@ def padding_share(lengths: list[int], micro_batch: int, grad_accum: int, seeds: 
 
 def print_padding(data: Path) -> None:
     """The padding share for each quote split and each recipe's micro-batches (`--padding`)."""
-    for split in ("closers", "all"):
+    for split in ("nullable", "all"):  # the quick and full profiles'
         lengths = training_lengths(data, split)
         for micro, accum, how in ((4, 1, "4 in each of 2 processes"), (8, 1, "8 in one process"),
                                   (2, 4, "2 x 4, the GPU recipe")):
             share = padding_share(lengths, micro, accum, range(5))
-            print(f"split quotes {split:7}, micro-batches of {how}: {share:.2%} of the tokens are padding")
+            print(f"split quotes {split:8}, micro-batches of {how}: {share:.2%} of the tokens are padding")
 
 
 def _run_child(name: str, data: Path, steps: int) -> dict:
