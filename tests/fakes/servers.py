@@ -18,6 +18,16 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
+def refusing_port():
+    """A loopback port that refuses connections while the block runs: bound, never listening. A port
+    from free_port() is free only when asked; a server started later (free_port() may hand out the same
+    number again) could answer on it, as one did in CI."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        yield s.getsockname()[1]
+
+
+@contextlib.contextmanager
 def running(app, port: int | None = None):
     """Yields the base URL ('http://127.0.0.1:PORT') while the app serves; stops it afterwards."""
     port = port or free_port()

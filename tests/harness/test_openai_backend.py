@@ -15,7 +15,7 @@ from harness.prompt import prompt_ids
 from harness.schema import SCHEMA, dumps
 from scenarios import SEED
 from tests.fakes.openai_server import KEY, FakeOpenAI
-from tests.fakes.servers import free_port, running
+from tests.fakes.servers import refusing_port, running
 
 NOTES = [c.note for c in SEED[:4]]
 
@@ -179,8 +179,8 @@ def test_a_key_the_server_quotes_back_is_redacted_from_the_notes_error(fake):
 def test_an_unknown_model_and_a_refused_connection_are_clear(fake):
     with pytest.raises(ModelNotFoundError, match="does not serve 'nope'; it serves: cand, served-base"):
         backend(fake, model="nope")
-    with pytest.raises(ModelNotFoundError, match="could not reach"):
-        OpenAIBackend(ServedModel("m", f"http://127.0.0.1:{free_port()}/v1"), HTTPOptions(max_retries=0))
+    with refusing_port() as port, pytest.raises(ModelNotFoundError, match="could not reach"):
+        OpenAIBackend(ServedModel("m", f"http://127.0.0.1:{port}/v1"), HTTPOptions(max_retries=0))
 
 
 def test_an_adapter_that_reads_notes_cut_at_their_spaces_is_sent_token_ids(fake, tmp_path, tokenizer,

@@ -16,7 +16,7 @@ from harness.transcribe import Transcriber
 from scenarios import SEED
 from tests.fakes.groq import KEY
 from tests.fakes.paced import Paced
-from tests.fakes.servers import free_port, running
+from tests.fakes.servers import refusing_port, running
 
 WEBM = b"\x1aE\xdf\xa3" + b"\x00" * 2000  # an EBML header, as MediaRecorder's webm starts
 
@@ -70,7 +70,7 @@ def test_groq_timeout_and_unreachable(fake_groq):
     with _server(fake_groq, timeout=0.5) as url:
         resp = _upload(url)
     assert resp.status_code == 504 and resp.json()["error"]["code"] == "timeout"
-    with _server(base_url=f"http://127.0.0.1:{free_port()}") as url:
+    with refusing_port() as port, _server(base_url=f"http://127.0.0.1:{port}") as url:
         resp = _upload(url)
     assert resp.status_code == 502 and resp.json()["error"]["code"] == "unreachable"
 
