@@ -268,6 +268,9 @@ def test_split_quotes_keep_the_text_and_give_each_deciding_quote_its_own_token(t
     def openers(tokens):
         return [p for p in tokens if ':"' in p]
 
+    def after(tokens, key):
+        return tokens[tokens.index(key) + 1:][:2]
+
     bpe = pieces("none")
     assert closers(bpe) and openers(bpe)  # BPE's own tokenisation merges both kinds of quote
     for split in ("closers", "all", "nullable"):
@@ -281,9 +284,6 @@ def test_split_quotes_keep_the_text_and_give_each_deciding_quote_its_own_token(t
     # "nullable": only the keys whose value may be null (name, gender) end so; the others keep BPE's merges.
     nullable = pieces("nullable")
     assert openers(nullable) == openers(pieces("closers"))[1:]  # the name's '":"' was the first
-    def after(tokens, key):
-        return tokens[tokens.index(key) + 1:][:2]
-
     assert after(nullable, "name") == ['":', '"'] and after(nullable, "gender") == ['":', "null"]
     assert after(pieces("closers"), "name") == ['":"', "Mary"]
 
