@@ -4,20 +4,23 @@ One worker thread owns the backend (a model is never called from two threads at 
 starts a moment after its first request arrives and takes every request then waiting that shares
 its generation settings; requests that arrive while it runs go together into the next one. Outputs
 do not depend on the batch (harness.numerics), so a client gets the answer it would get alone. A
-streamed request whose reader has gone (`growing` closed) is dropped before its batch starts, or
-stopped where its decoding stands, so it costs the requests beside it nothing more.
+request whose client has gone (a stream closed, `growing`; or a client that stopped waiting for its
+whole answer, `whole`) is dropped before its batch starts, or stopped where its decoding stands, so
+it costs the requests beside it nothing more.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from harness.errors import InputError
 from harness.models import Backend, Generation, GenerationSettings
+
+POLL_S = 0.25  # how often a server asks whether a client waiting for a whole answer is still there
 
 
 @dataclass(frozen=True)
@@ -81,9 +84,10 @@ class Batcher:
             return batch[i].gone.is_set()
 
         try:
-            # Only where a request streams: decoding each step's text for a listener costs time.
-            streams = {"listener": listener} if any(listeners) else {}
-            gens = self.backend.generate([request.note for request in batch], settings, **streams)
+            # Always, streamed or not: any client may leave, and the listener is how the backend learns to
+            # stop its row. Each row's text at each step costs nothing measurable: 32 test notes batched
+            # (the reference adapter, 2 cores) took 32.5 and 32.4 s with it, 34.5 and 32.3 s without.
+            gens = self.backend.generate([request.note for request in batch], settings, listener)
         except InputError as exc:
             if len(batch) == 1:
                 batch[0].future.set_exception(exc)
@@ -125,6 +129,26 @@ async def growing(batcher: Batcher, note: str, settings: GenerationSettings) -> 
         waiting.cancel()
         gone.set()  # a reader that stopped early (a closed stream) wants no more of this answer
         done.add_done_callback(lambda f: f.cancelled() or f.exception())  # its end then is nobody's to read
+
+
+async def whole(batcher: Batcher, note: str, settings: GenerationSettings,
+                disconnected: Callable[[], Awaitable[bool]]) -> Generation | None:
+    """One note's whole answer, for a server that replies once; None when its client left first.
+    `disconnected` (Starlette's Request.is_disconnected) is asked every POLL_S while the answer is
+    awaited: a client that has gone (its timeout, a closed connection) reads no answer, so its request
+    is dropped before its batch starts or stopped where its decoding stands, as a closed stream's is.
+    What the backend raises for the note (InputError for a note it refuses) is raised here."""
+    gone = threading.Event()
+    done = asyncio.ensure_future(asyncio.to_thread(batcher.generate, note, settings, None, gone))
+    try:
+        while not done.done():
+            await asyncio.wait({done}, timeout=POLL_S)
+            if not done.done() and await disconnected():
+                done.add_done_callback(lambda f: f.cancelled() or f.exception())  # nobody's to read
+                return None
+        return done.result()
+    finally:
+        gone.set()  # also where the server itself cancels the wait (a shutdown)
 
 
 def _whole_characters(text: str) -> str:

@@ -3,7 +3,8 @@
 can use an adapter without importing Python. Always greedy. With `stream: true` the answer comes as
 server-sent events while it is decoded, a piece each decoding step (batched with other requests as
 ever); `stream_options: {"include_usage": true}` adds the usage chunk. A client that closes its
-stream stops its note's decoding where it stands (harness.batcher), not the batch's other notes.
+stream, or stops waiting for a whole answer (its timeout), stops its note's decoding where it stands
+(harness.batcher), not the batch's other notes.
 
 A chat request is one note: one user message, after no system message, the one the adapter was
 trained with, or the engineered zero-shot prompt (harness.prompt). A completions request is one
@@ -20,20 +21,19 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 
 from fastapi import APIRouter, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
-from harness.batcher import Batcher, growing
+from harness.batcher import Batcher, growing, whole
 from harness.errors import InputError
 from harness.grammar import grammar_for
 from harness.models import Generation, GenerationSettings
 from harness.prompt import PROMPTS, SYSTEM_PROMPT
 from harness.schema import SCHEMA
-from harness.server import ClosingStream, note_problem, refused
+from harness.server import ClosingStream, client_gone, note_problem, refused
 
 
 class RequestError(Exception):
@@ -80,9 +80,11 @@ def openai_routes(batchers: Mapping[str, Batcher], settings: GenerationSettings)
             answer = _Answer(batchers[role], note, asked, where)
             if body.get("stream"):
                 return await answer.stream(role, kind, bool((body.get("stream_options") or {}).get("include_usage")))
-            gen = await answer.whole()
+            gen = await answer.whole(request.is_disconnected)
         except RequestError as exc:
             return exc.response()
+        if gen is None:  # the client stopped waiting (its timeout): its answer was stopped where it stood
+            return client_gone()
         return {**_head(role, kind), "choices": [_choice(kind, gen.text, _finish(gen))], "usage": _usage(gen),
                 "sunrise": _extras(gen, asked)}
 
@@ -96,9 +98,9 @@ class _Answer:
     def __init__(self, batcher: Batcher, note: str, settings: GenerationSettings, where: str):
         self.batcher, self.note, self.settings, self.where = batcher, note, settings, where
 
-    async def whole(self) -> Generation:
+    async def whole(self, disconnected: Callable[[], Awaitable[bool]]) -> Generation | None:
         try:
-            return await run_in_threadpool(self.batcher.generate, self.note, self.settings)
+            return await whole(self.batcher, self.note, self.settings, disconnected)
         except InputError as exc:
             raise self._refused(exc) from None
 

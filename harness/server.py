@@ -13,10 +13,9 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from fastapi import FastAPI, Request, UploadFile
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 
-from harness.batcher import Batcher, growing
+from harness.batcher import Batcher, growing, whole
 from harness.checks import describe_output
 from harness.errors import InputError
 from harness.models import Backend, Generation, GenerationSettings, ModelSpec
@@ -52,6 +51,24 @@ class ClosingStream(StreamingResponse):
             await self.body_iterator.aclose()
 
 
+class RefuseHugeUploads:
+    """A recording over the transcription limit is refused from its Content-Length, before its body is
+    read. Plain ASGI: Starlette's @app.middleware("http") wraps `receive`, and behind that wrapper
+    Request.is_disconnected() never sees a client leave (measured: False for 2 s after the client had
+    gone), so an answer nobody waits for would be decoded to its end."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["path"] == "/api/transcribe":
+            length = dict(scope["headers"]).get(b"content-length", b"")
+            if length.isdigit() and int(length) > MAX_BYTES + 65536:
+                response = _error(413, "too_large", "The recording is over 25 MB; record a shorter note.")
+                return await response(scope, receive, send)
+        await self.app(scope, receive, send)
+
+
 def refused(exc: InputError) -> str:
     """What a client is told of a note the model refuses (too long for its context)."""
     return f"{exc}. Shorten the note."
@@ -66,12 +83,7 @@ def create_app(models: Mapping[str, Backend], transcriber: Transcriber,
     batchers = {role: Batcher(model) for role, model in models.items()}
     app.include_router(openai_routes(batchers, settings))
 
-    @app.middleware("http")
-    async def refuse_huge_uploads(request: Request, call_next):
-        length = request.headers.get("content-length")
-        if request.url.path == "/api/transcribe" and length and length.isdigit() and int(length) > MAX_BYTES + 65536:
-            return _error(413, "too_large", "The recording is over 25 MB; record a shorter note.")
-        return await call_next(request)
+    app.add_middleware(RefuseHugeUploads)
 
     @app.get("/", response_class=HTMLResponse)
     def page():
@@ -113,9 +125,11 @@ def create_app(models: Mapping[str, Backend], transcriber: Transcriber,
         for role, batcher in batchers.items():
             try:
                 t0 = time.perf_counter()
-                gen = await run_in_threadpool(batcher.generate, note, settings)
+                gen = await whole(batcher, note, settings, request.is_disconnected)
             except InputError as exc:
                 return _refused(exc)
+            if gen is None:  # the page went away: its answer stopped, and the next model is not asked
+                return client_gone()
             results[role] = _result(gen, note, time.perf_counter() - t0)
         return {"results": results}
 
@@ -153,6 +167,11 @@ def create_app(models: Mapping[str, Backend], transcriber: Transcriber,
         return ClosingStream(lines(), media_type="application/x-ndjson")
 
     return app
+
+
+def client_gone() -> JSONResponse:
+    """What is sent, to nobody, in place of an answer whose client left first (nginx's 499)."""
+    return _error(499, "client_gone", "The client closed the request before its answer was ready.")
 
 
 def _refused(exc: InputError) -> JSONResponse:

@@ -150,6 +150,24 @@ def test_a_client_that_closes_its_stream_stops_its_answer():
         assert answer.choices[0].message.content == dumps(SEED[0].expected)
 
 
+def test_a_client_that_stops_waiting_for_a_whole_answer_stops_it():
+    """A plain (unstreamed) request whose client times out: the server notices the closed connection,
+    stops decoding that answer where it stands, and serves the client's next request as before."""
+    backend = Paced({SEED[0].note: dumps(SEED[0].expected)}, pieces=40, seconds=0.05)
+    app = create_app({"tuned": backend}, Transcriber(api_key=None), GenerationSettings())
+    with running(app) as url:
+        impatient = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=0.3)
+        with pytest.raises(openai.APITimeoutError):
+            impatient.chat.completions.create(model="tuned", messages=messages(SEED[0].note))
+        assert backend.finished.wait(10)
+        told = [stop for _, stop in backend.told]
+        assert told[-1] and len(told) < 40 and not backend.generations[SEED[0].note].stopped
+        backend.finished.clear()
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        answer = client.chat.completions.create(model="tuned", messages=messages(SEED[0].note))
+        assert answer.choices[0].message.content == dumps(SEED[0].expected)
+
+
 def test_a_user_message_alone_is_answered_with_the_trained_prompt(served):
     _, url = served
     body = {"model": "tuned", "messages": [{"role": "user", "content": SEED[3].note}]}

@@ -158,6 +158,21 @@ def test_a_page_that_closes_its_stream_stops_the_answer_and_asks_no_further_mode
         assert base.calls == []
 
 
+def test_a_page_that_stops_waiting_for_its_answers_stops_them_and_asks_no_further_model():
+    """A plain request left mid-answer (the client's timeout): the tuned model's answer stops where it stands,
+    and the base model is never asked."""
+    tuned = Paced({SEED[2].note: dumps(SEED[2].expected)}, pieces=40, seconds=0.05)
+    base = Paced({SEED[2].note: "Sure! {}"})
+    with running(create_app({"tuned": tuned, "base": base}, Transcriber(api_key=None))) as url:
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{url}/api/extract", json={"note": SEED[2].note}, timeout=0.3)
+        assert tuned.finished.wait(10)
+        told = [stop for _, stop in tuned.told]
+        assert told[-1] and len(told) < 40 and not tuned.generations[SEED[2].note].stopped
+        time.sleep(0.3)
+        assert base.calls == []
+
+
 def test_a_streamed_extraction_refuses_a_note_before_it_starts_and_says_what_failed_after():
     refusing = _Failing(InputError("the note is too long: 9000 prompt tokens"), "tuned")
     tuned = FakeBackend({SEED[0].note: dumps(SEED[0].expected)}, name="tuned")
