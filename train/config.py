@@ -131,11 +131,9 @@ PROFILES: dict[str, TrainConfig] = {
     # close the lists around them (README, "The quick profile").
     # Closing quotes split, and the opening quotes of name and gender, which may be null: 48 steps with every
     # opener split scored json valid 0.82 against 0.98 on all 119 scenarios (one run each), but those two
-    # alone cut the wrong names from 46 and 45 to 11 and 12 (seeds 0 and 1; seed 0's names written for notes
-    # without one from 39 to 2) and stated genders written null from 50 to 32 (seed 0): field F1 0.742 and
-    # 0.718 against 0.708 and 0.687, json valid 0.950 and 0.916 against 0.983 and 0.933; seed 2 fell (field
-    # F1 0.674 against 0.692, json valid 0.790 against 0.891) with fewer invented values still (README, "The
-    # quick profile").
+    # alone, over seeds 0 to 4: wrong names 12 against 40 and wrong genders 35 against 54 on average, fewer
+    # invented values on every seed (88 against 109), field F1 0.718 against 0.695 (higher on 4 seeds of 5),
+    # json valid 0.891 against 0.928 and med count 0.606 against 0.655 (README, "The quick profile").
     # No LoRA dropout: 48 steps see each example once at most, so there is nothing to overfit yet, and the
     # masks cost 10 to 15 % of a step. Seeds 0 and 1, all 119 scenarios: field F1 0.708 and 0.687 against
     # 0.694 and 0.686 with dropout 0.05, the same validation loss (README, "The quick profile").
